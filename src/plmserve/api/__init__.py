@@ -1,0 +1,1 @@
+"""HTTP layer (FastAPI): one module per public contract; thin adapters over plmserve.models."""

@@ -1,0 +1,67 @@
+"""Authentication for every route: ``Authorization: Token <key>`` or ``Bearer <key>``.
+
+A credential is accepted when it is one of the configured API keys (``Settings.api_keys``) or
+when a registered token validator (e.g. the job service's user access tokens) recognises it.
+With ``Settings.no_auth`` (allowed only on 127.0.0.1) every request is the local user.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from fastapi import Request
+
+from plmserve.errors import AuthenticationError
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. ``user_id`` is set for job-service users; ``name`` is for logs/ownership."""
+
+    name: str
+    kind: Literal["key", "user", "local"]
+    user_id: int | None = None
+
+
+LOCAL_PRINCIPAL = Principal(name="local", kind="local")
+
+# (request, token) -> Principal or None when the token is not one of the validator's.
+TokenValidator = Callable[[Request, str], "Principal | None"]
+
+
+def add_token_validator(app, validator: TokenValidator) -> None:
+    """Register an extra way to accept a token (called in registration order)."""
+    app.state.token_validators.append(validator)
+
+
+def parse_authorization(header: str | None) -> str | None:
+    """The token of ``Token <t>`` / ``Bearer <t>`` (case-insensitive scheme), or None."""
+    if not header:
+        return None
+    parts = header.strip().split(None, 1)
+    if len(parts) != 2 or parts[0].lower() not in ("token", "bearer"):
+        return None
+    return parts[1].strip() or None
+
+
+def require_principal(request: Request) -> Principal:
+    """FastAPI dependency: the authenticated caller, or a 401 ``AuthenticationError``."""
+    settings = request.app.state.settings
+    token = parse_authorization(request.headers.get("authorization"))
+    if token is not None:
+        for key in settings.api_keys:
+            if hmac.compare_digest(token.encode(), key.encode()):
+                return Principal(name=f"key:{key[:4]}…", kind="key")
+        for validator in request.app.state.token_validators:
+            principal = validator(request, token)
+            if principal is not None:
+                return principal
+    if settings.no_auth:
+        return LOCAL_PRINCIPAL
+    if token is None:
+        raise AuthenticationError(
+            "missing credentials: send 'Authorization: Token <key>' (or 'Bearer <key>')"
+        )
+    raise AuthenticationError("invalid API key or token")

@@ -1,0 +1,1 @@
+"""Model families. Nothing in this package knows about HTTP or jobs."""

@@ -1,0 +1,63 @@
+"""Settings in one place: environment variables with the prefix ``PLMSERVE_``; CLI flags override.
+
+Example: ``PLMSERVE_MODEL_DIR=/models PLMSERVE_API_KEYS='["k1"]' plmserve serve``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "plmserve"
+
+
+class Settings(BaseSettings):
+    """All plmserve settings. Construct directly in code/tests; read from env in the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="PLMSERVE_", extra="ignore")
+
+    # --- server -------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[str] = Field(default_factory=list, description="accepted API keys (Token/Bearer)")
+    no_auth: bool = False
+
+    # --- models -------------------------------------------------------------------
+    load_format: Literal["auto", "dummy"] = "auto"
+    model_dir: Path | None = Field(
+        default=None, description="directory searched for local weights (<dir>/<slug>/ or official files)"
+    )
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+    offline: bool = False  # never try the network (also honoured: HF_HUB_OFFLINE=1)
+
+    # --- ESM-2 limits ---------------------------------------------------------------
+    max_items: int = 32
+    max_residues: int = 32768
+    toks_per_batch: int = 4096
+
+    # --- ESM3 ---------------------------------------------------------------------
+    esm3_batch_window_ms: float = 5.0
+
+    # --- align / jobs ---------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: sqlite:///<data_dir>/plmserve.db
+    msa_database: Path | None = None  # FASTA searched by create_msa (pyhmmer/mmseqs backends)
+    msa_backend: Literal["pyhmmer", "mmseqs", "colabfold"] = "pyhmmer"
+    colabfold_url: str = "https://api.colabfold.com"
+    workers: int = 1
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir) / 'plmserve.db'}"
+
+
+def get_settings(**overrides) -> Settings:
+    """Settings from the environment, with ``overrides`` (non-None values) applied on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
