@@ -31,6 +31,40 @@ LOCAL_PRINCIPAL = Principal(name="local", kind="local")
 TokenValidator = Callable[[Request, str], "Principal | None"]
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """True for the loopback addresses ``--no-auth`` may bind to (127.0.0.1, localhost, ::1)."""
+    return host.strip().strip("[]").lower() in LOOPBACK_HOSTS
+
+
+def check_auth_config(settings) -> None:
+    """Refuse a server configuration that would expose models without credentials.
+
+    Rules: ``no_auth`` only with a loopback ``host``; otherwise at least one API key.
+
+    Raises:
+        InvalidParameterError: the message says which rule was broken and how to fix it
+            (``PLMSERVE_API_KEYS`` / ``--api-key``, or ``--no-auth`` on 127.0.0.1).
+    """
+    from plmserve.errors import InvalidParameterError
+
+    if settings.no_auth:
+        if not is_loopback(settings.host):
+            raise InvalidParameterError(
+                f"--no-auth is only allowed when the server binds to 127.0.0.1/localhost, not "
+                f"'{settings.host}': anyone who can reach {settings.host} could use it. Configure API keys "
+                "instead (--api-key KEY or PLMSERVE_API_KEYS='[\"KEY\"]')"
+            )
+        return
+    if not settings.api_keys:
+        raise InvalidParameterError(
+            "no API keys configured: set PLMSERVE_API_KEYS='[\"KEY\"]' (or pass --api-key KEY) and send "
+            "'Authorization: Token KEY', or pass --no-auth to serve without credentials on 127.0.0.1 only"
+        )
+
+
 def add_token_validator(app, validator: TokenValidator) -> None:
     """Register an extra way to accept a token (called in registration order)."""
     app.state.token_validators.append(validator)

@@ -1,0 +1,466 @@
+"""PoET prompt sampling from an MSA: neighbour weights, the similarity filter, the draw, and
+the prompt builder.
+
+Reproduces the official PoET sampler (github.com/OpenProteinAI/PoET ``poet/msa/sampling.py``
+and ``scripts/score.py``) exactly, as described in ``shared/specs/poet-model.md`` §5-§6 and checked
+against ``shared/fixtures/poet/sampler.json`` (same row indices, same order). The OpenProtein
+API parameters and their validation follow ``shared/specs/poet-api.md`` §2.3 and §5.
+
+Methods (``poet-api.md`` §5.1-5.2):
+
+``TOP``
+    The MSA rows that pass the similarity filter, in MSA order.
+``RANDOM``
+    A uniform random order: ``numpy.random.default_rng(seed).permutation`` of the kept rows.
+``NEIGHBORS_NONGAP_NORM_NO_LIMIT`` (default)
+    The official ``NeighborsSampler``: row *i* is weighted by ``1 / n_i`` where ``n_i`` counts the
+    rows *j* (including *i*) whose identity to *i* is at least ``homology_level``; identity =
+    columns where *i*'s residue equals *j*'s (a gap in either never matches) divided by the
+    number of non-gap columns of *i*. The order is a weighted random permutation of the kept
+    rows (``default_rng(seed).choice(n, size=n, replace=False, p=w / w.sum())``).
+``NEIGHBORS_NO_LIMIT``
+    Undocumented upstream. Our reading (``poet-api.md`` §5.2: the official code says the older
+    similarity had "flaws wrt handling gap tokens"): the same draw, but identity is computed over
+    the full alignment width ``L`` with gap==gap counted as a match (the older, gap-naive
+    definition, the one also used for the similarity filter).
+``NEIGHBORS``
+    Undocumented upstream; what "LIMIT" caps is unknown. Our reading: like ``NEIGHBORS_NO_LIMIT``
+    but only the first :data:`NEIGHBORS_ROW_LIMIT` rows of the MSA (in MSA order, the best hits
+    of a search first) are candidates.
+
+Replicates: replicate *k* (0-based) of an ensemble uses the seed ``random_seed + k`` for both
+the draw and the prompt shuffle, so replicate 0 equals the official single-prompt result for
+``random_seed``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from plmserve.bio.msa import GAP_INDEX, MSA
+from plmserve.errors import InvalidParameterError, MissingParameterError
+
+METHODS = ("TOP", "RANDOM", "NEIGHBORS", "NEIGHBORS_NO_LIMIT", "NEIGHBORS_NONGAP_NORM_NO_LIMIT")
+DEFAULT_METHOD = "NEIGHBORS_NONGAP_NORM_NO_LIMIT"
+DEFAULT_NUM_RESIDUES = 12288
+MAX_NUM_SEQUENCES = 99
+MAX_NUM_RESIDUES = 24576
+MAX_REPLICATES = 15
+MAX_SEED = 2**32 - 1
+#: Rows considered by the ``NEIGHBORS`` method (our reading of "LIMIT"; see the module docstring).
+NEIGHBORS_ROW_LIMIT = 10_000
+
+# Elements of one (rows x N) block of the pairwise match-count matrix; bounds the memory of
+# neighbour counting to O(N) (about 4 bytes x this number, plus the one-hot MSA).
+_BLOCK_ELEMENTS = 1 << 23
+
+
+# ---------------------------------------------------------------------------------------------
+# neighbour weights
+def _one_hot(matrix: np.ndarray, include_gap: bool):
+    """int8 one-hot features ``(N, F)`` of the (column, token) pairs that occur in ``matrix``."""
+    import torch
+
+    n, width = matrix.shape
+    tokens = np.unique(matrix)
+    if not include_gap:
+        tokens = tokens[tokens != GAP_INDEX]
+    feats = []
+    for t in tokens:
+        hit = matrix == t  # (N, L) bool
+        used = hit.any(axis=0)
+        if used.any():
+            feats.append(hit[:, used])
+    if not feats:
+        return torch.zeros((n, 0), dtype=torch.int8)
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(feats, axis=1).view(np.int8)))
+
+
+def _match_counts_blocks(matrix: np.ndarray, include_gap: bool):
+    """Yield ``(start, counts)`` with ``counts[b, j]`` = number of columns where row ``start+b``
+    and row ``j`` hold the same token (gaps match only if ``include_gap``); int32 ``(B, N)``."""
+    import torch
+
+    n = matrix.shape[0]
+    feats = _one_hot(matrix, include_gap)
+    feats_t = feats.T.contiguous()
+    block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
+    use_int_mm = hasattr(torch, "_int_mm") and feats.shape[1] > 0
+    for start in range(0, n, block):
+        rows = feats[start : start + block]
+        counts = None
+        if use_int_mm:
+            try:
+                counts = torch._int_mm(rows, feats_t)
+            except RuntimeError:  # pragma: no cover - builds without int8 matmul
+                use_int_mm = False
+        if counts is None:
+            counts = (rows.float() @ feats_t.float()).round().to(torch.int32)
+        yield start, counts.numpy()
+
+
+def _thresholds(normalisers: np.ndarray, theta: float) -> np.ndarray:
+    """Smallest integer ``m`` with ``1 - m / norm <= theta`` (float64, as the official code
+    computes it) for each normaliser; ``norm + 1`` (never reached) when none qualifies."""
+    out = np.empty(len(normalisers), dtype=np.int64)
+    for value in np.unique(normalisers):
+        v = int(value)
+        if v == 0:
+            thr = 1  # a row with no residues: it is its own only neighbour (see neighbor_counts)
+        else:
+            m = np.arange(v + 1, dtype=np.float64)
+            ok = np.nonzero(1.0 - m / np.float64(v) <= theta)[0]
+            thr = int(ok[0]) if ok.size else v + 1
+        out[normalisers == value] = thr
+    return out
+
+
+def neighbor_counts(matrix: np.ndarray, theta: float = 0.2, *, gap_normalised: bool = True) -> np.ndarray:
+    """Number of neighbours of every MSA row (the row itself included).
+
+    Args:
+        matrix: uint8 ``(N, L)`` aligned MSA from :meth:`MSA.aligned_matrix` (gap = 20).
+        theta: distance threshold; *j* is a neighbour of *i* when ``1 - sim(i, j) <= theta``
+            (``theta = 1 - homology_level``).
+        gap_normalised: True (official ``NeighborsSampler``): ``sim(i, j)`` = columns where row
+            *i*'s residue equals row *j*'s, gaps never matching, divided by row *i*'s non-gap
+            count (asymmetric). False (our ``NEIGHBORS``/``NEIGHBORS_NO_LIMIT``): columns with
+            equal tokens, gap==gap included, divided by ``L`` (symmetric).
+
+    Returns:
+        int64 ``(N,)``. A row with no residues (all gaps) counts only itself.
+
+    Memory is linear in ``N``: the pairwise counts are computed in row blocks with an int8
+    one-hot matrix product (exact integer arithmetic); the N x N x L comparison is never formed.
+    Source: ``poet-model.md`` §6.1.
+    """
+    matrix = np.asarray(matrix, dtype=np.uint8)
+    n, width = matrix.shape
+    if gap_normalised:
+        norm = (matrix != GAP_INDEX).sum(axis=1)
+    else:
+        norm = np.full(n, width)
+    thr = _thresholds(norm, float(theta))
+    counts = np.zeros(n, dtype=np.int64)
+    for start, block in _match_counts_blocks(matrix, include_gap=not gap_normalised):
+        b = block.shape[0]
+        counts[start : start + b] = (block >= thr[start : start + b, None]).sum(axis=1)
+    empty = norm == 0
+    counts[empty] = 1
+    return counts
+
+
+def homology_weights(
+    matrix: np.ndarray, theta: float = 0.2, *, gap_normalised: bool = True
+) -> tuple[float, np.ndarray]:
+    """``(n_eff, p)``: ``p_i = (1/n_i) / sum_j (1/n_j)`` float64 ``(N,)`` and ``n_eff = sum_i 1/n_i``.
+
+    See :func:`neighbor_counts` for ``n_i``. Source: ``poet-model.md`` §6.1.
+    """
+    counts = neighbor_counts(matrix, theta, gap_normalised=gap_normalised)
+    inv = 1.0 / counts.astype(np.float64)
+    n_eff = float(inv.sum())
+    return n_eff, inv / n_eff
+
+
+def theta_for(homology_level: float) -> float:
+    """``1 - homology_level`` computed in decimal, so 0.7 gives exactly 0.3 (not 0.30000000000000004)."""
+    return float(Decimal(1) - Decimal(repr(float(homology_level))))
+
+
+def n_eff(msa: MSA, homology_level: float = 0.8) -> float:
+    """Effective number of sequences: ``sum_i 1/n_i`` at the given homology level (gap-aware
+    identity, as the default sampling method)."""
+    return homology_weights(msa.aligned_matrix(), theta_for(homology_level))[0]
+
+
+def similarity_to_query(matrix: np.ndarray) -> np.ndarray:
+    """Fraction of all ``L`` columns identical to row 0 (gap==gap counts), float64 ``(N,)``."""
+    return (matrix == matrix[0:1]).sum(axis=1) / matrix.shape[1]
+
+
+def filter_rows(matrix: np.ndarray, max_similarity: float = 1.0, min_similarity: float = 0.0) -> np.ndarray:
+    """Indices (increasing) of rows with ``s <= max_similarity`` and ``1 - s <= 1 - min_similarity``
+    where ``s`` is :func:`similarity_to_query`. Source: ``poet-model.md`` §6.2."""
+    s = similarity_to_query(matrix)
+    max_dissimilarity = 1.0 - float(min_similarity)
+    return np.nonzero((s <= max_similarity) & ((1.0 - s) <= max_dissimilarity))[0]
+
+
+def sample_order(
+    matrix: np.ndarray,
+    *,
+    method: str = DEFAULT_METHOD,
+    theta: float = 0.2,
+    max_similarity: float = 1.0,
+    min_similarity: float = 0.0,
+    force_include_first: bool = False,
+    seed: int | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """The sampling order of MSA rows (indices into ``matrix``), as the official ``MSASampler``.
+
+    1. weights on the full MSA (``NEIGHBORS*``; pass ``weights`` to reuse precomputed ``p``),
+    2. keep rows passing :func:`filter_rows`,
+    3. order the kept rows (TOP: MSA order; RANDOM: ``default_rng(seed).permutation``;
+       NEIGHBORS*: ``default_rng(seed).choice(n, n, replace=False, p=w/w.sum())``),
+    4. ``force_include_first``: row 0 first, removed from anywhere else.
+
+    Returns:
+        int64 array of row indices. Source: ``poet-model.md`` §6.
+    """
+    n = matrix.shape[0]
+    if method == "NEIGHBORS":
+        limit = min(n, NEIGHBORS_ROW_LIMIT)
+        order = sample_order(
+            matrix[:limit],
+            method="NEIGHBORS_NO_LIMIT",
+            theta=theta,
+            max_similarity=max_similarity,
+            min_similarity=min_similarity,
+            force_include_first=force_include_first,
+            seed=seed,
+            weights=weights[:limit] if weights is not None else None,
+        )
+        return order
+    kept = filter_rows(matrix, max_similarity, min_similarity)
+    rng = np.random.default_rng(seed)
+    if method == "TOP":
+        order = kept
+    elif method == "RANDOM":
+        order = kept[rng.permutation(len(kept))]
+    elif method in ("NEIGHBORS_NO_LIMIT", "NEIGHBORS_NONGAP_NORM_NO_LIMIT"):
+        if weights is None:
+            weights = homology_weights(matrix, theta, gap_normalised=method == "NEIGHBORS_NONGAP_NORM_NO_LIMIT")[1]
+        w = weights[kept]
+        if len(kept):
+            order = kept[rng.choice(len(kept), replace=False, size=len(kept), p=w / w.sum())]
+        else:
+            order = kept
+    else:
+        raise InvalidParameterError(f"Unknown sampling method {method!r}; expected one of {', '.join(METHODS)}.")
+    order = np.asarray(order, dtype=np.int64)
+    if force_include_first:
+        order = np.concatenate([np.array([0], dtype=np.int64), order[order != 0]])
+    return order
+
+
+def build_prompt(
+    lengths: list[int] | np.ndarray,
+    order: np.ndarray,
+    *,
+    max_tokens: int | None = None,
+    max_sequences: int | None = None,
+    shuffle_seed: int | None = None,
+) -> list[int]:
+    """Choose prompt rows from ``order`` (official ``sample_msa_sequences``, ``truncate=False``).
+
+    Each sequence costs ``len + 2`` tokens (start and stop).
+
+    * token budget: walk ``order`` collecting rows; stop right after the total first exceeds
+      ``max_tokens`` (that row included). Then walk the collected rows in the order
+      ``default_rng(shuffle_seed).permutation(n_collected)`` and stop right after the total first
+      reaches ``>= max_tokens``.
+    * sequence budget: the first ``max_sequences`` rows of ``order``, then shuffled the same way.
+
+    Args:
+        lengths: ungapped length of every MSA row (indexed by row).
+        order: candidate rows (from :func:`sample_order`).
+
+    Returns:
+        The chosen row indices in prompt order. Source: ``poet-model.md`` §5 step 4.2.
+    """
+    collected: list[int] = []
+    total = 0
+    for idx in order:
+        if max_sequences is not None and len(collected) >= max_sequences:
+            break
+        collected.append(int(idx))
+        total += int(lengths[idx]) + 2
+        if max_tokens is not None and total > max_tokens:
+            break
+    perm = np.random.default_rng(shuffle_seed).permutation(len(collected))
+    prompt: list[int] = []
+    total = 0
+    for k in perm:
+        idx = collected[int(k)]
+        prompt.append(idx)
+        total += int(lengths[idx]) + 2
+        if max_tokens is not None and total >= max_tokens:
+            break
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SampledPrompt:
+    """A sampled prompt ensemble.
+
+    Attributes:
+        replicates: one prompt per replicate; each a list of ``(name, sequence)`` with the
+            sequence ungapped and upper-case (insertions kept).
+        indices: the MSA row indices of each replicate, in prompt order.
+        random_seed: the seed used (drawn when none was given); replicate *k* used ``seed + k``.
+        params: the effective parameters (``method``, ``num_sequences``, ``num_residues``,
+            ``homology_level``, ``max_similarity``, ``min_similarity``,
+            ``always_include_seed_sequence``, ``num_ensemble_prompts``, ``random_seed``).
+    """
+
+    replicates: list[list[tuple[str, str]]]
+    indices: list[list[int]]
+    random_seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def num_tokens(self, replicate: int = 0) -> int:
+        """Tokens of one replicate: sum of ``len + 2`` over its sequences."""
+        return sum(len(s) + 2 for _, s in self.replicates[replicate])
+
+
+def validate_prompt_params(
+    *,
+    method: str,
+    num_sequences: int | None,
+    num_residues: int | None,
+    homology_level: float,
+    max_similarity: float,
+    min_similarity: float,
+    num_ensemble_prompts: int,
+    random_seed: int | None,
+) -> tuple[int | None, int | None]:
+    """Check the prompt parameters in the SDK's order and with its wording (``poet-api.md`` §5.3)
+    plus the server's ranges; returns ``(num_sequences, num_residues)`` with the 12288 default.
+
+    Raises:
+        InvalidParameterError: a value out of range, an unknown method, min > max similarity.
+        MissingParameterError: both ``num_sequences`` and ``num_residues`` given.
+    """
+    for name, value in (
+        ("homology_level", homology_level),
+        ("max_similarity", max_similarity),
+        ("min_similarity", min_similarity),
+    ):
+        if value is None or not (0 <= value <= 1):
+            raise InvalidParameterError(f"The '{name}' must be between 0 and 1.")
+    if num_sequences is None and num_residues is None:
+        num_residues = DEFAULT_NUM_RESIDUES
+    if num_sequences is not None and num_residues is not None:
+        raise MissingParameterError("Either 'num_sequences' or 'num_residues' must be set, but not both.")
+    if num_sequences is not None and not (1 <= num_sequences <= MAX_NUM_SEQUENCES):
+        raise InvalidParameterError(
+            "The 'num_sequences' must be between 0 and 100."
+            if not (0 <= num_sequences < 100)
+            else "The 'num_sequences' must be between 1 and 99."
+        )
+    if num_residues is not None and not (1 <= num_residues <= MAX_NUM_RESIDUES):
+        raise InvalidParameterError(
+            "The 'num_residues' must be between 0 and 24577."
+            if not (0 <= num_residues < 24577)
+            else "The 'num_residues' must be between 1 and 24576."
+        )
+    if min_similarity > max_similarity:
+        raise InvalidParameterError("The 'min_similarity' must not be greater than 'max_similarity'.")
+    if not (1 <= num_ensemble_prompts <= MAX_REPLICATES):
+        raise InvalidParameterError(f"The 'num_ensemble_prompts' must be between 1 and {MAX_REPLICATES}.")
+    if random_seed is not None and not (1 <= random_seed <= MAX_SEED):
+        raise InvalidParameterError(f"The 'random_seed' must be between 1 and {MAX_SEED}.")
+    if method not in METHODS:
+        raise InvalidParameterError(f"The 'method' must be one of {', '.join(METHODS)} (got {method!r}).")
+    return num_sequences, num_residues
+
+
+def sample_prompt(
+    msa: MSA,
+    *,
+    method: str = DEFAULT_METHOD,
+    num_sequences: int | None = None,
+    num_residues: int | None = None,
+    homology_level: float = 0.8,
+    max_similarity: float = 1.0,
+    min_similarity: float = 0.0,
+    always_include_seed_sequence: bool = False,
+    num_ensemble_prompts: int = 1,
+    random_seed: int | None = None,
+) -> SampledPrompt:
+    """Sample a PoET prompt ensemble from an MSA (the OpenProtein ``POST .../prompt`` semantics).
+
+    Args:
+        msa: the MSA; row 0 is the seed/query.
+        method: ``TOP``, ``RANDOM``, ``NEIGHBORS``, ``NEIGHBORS_NO_LIMIT`` or
+            ``NEIGHBORS_NONGAP_NORM_NO_LIMIT`` (see the module docstring).
+        num_sequences: at most this many sequences per prompt (1..99), xor
+        num_residues: token budget per prompt (1..24576, each sequence costs len+2; the prompt
+            may overshoot by part of one sequence). Defaults to 12288 when neither is given.
+        homology_level: identity at which two rows are neighbours (0..1); theta = 1 - level.
+        max_similarity, min_similarity: keep rows whose identity to the seed (over all columns)
+            lies in [min, max] (0..1, min <= max).
+        always_include_seed_sequence: put the seed first in every prompt.
+        num_ensemble_prompts: replicates (1..15); replicate *k* uses seed ``random_seed + k``.
+        random_seed: 1..2**32-1; None draws one (recorded in the result).
+
+    Returns:
+        :class:`SampledPrompt`.
+
+    Raises:
+        InvalidParameterError / MissingParameterError: see :func:`validate_prompt_params`;
+            also when the similarity filter leaves no sequence.
+    """
+    num_sequences, num_residues = validate_prompt_params(
+        method=method,
+        num_sequences=num_sequences,
+        num_residues=num_residues,
+        homology_level=homology_level,
+        max_similarity=max_similarity,
+        min_similarity=min_similarity,
+        num_ensemble_prompts=num_ensemble_prompts,
+        random_seed=random_seed,
+    )
+    if random_seed is None:
+        random_seed = random.randint(1, MAX_SEED)
+    matrix = msa.aligned_matrix()
+    theta = theta_for(homology_level)
+    weights = None
+    if method in ("NEIGHBORS_NONGAP_NORM_NO_LIMIT", "NEIGHBORS_NO_LIMIT"):
+        weights = homology_weights(matrix, theta, gap_normalised=method == "NEIGHBORS_NONGAP_NORM_NO_LIMIT")[1]
+    elif method == "NEIGHBORS":
+        limit = min(len(msa), NEIGHBORS_ROW_LIMIT)
+        weights = homology_weights(matrix[:limit], theta, gap_normalised=False)[1]
+    lengths = np.array([len(s) for s in msa.sequences])
+    replicates: list[list[tuple[str, str]]] = []
+    indices: list[list[int]] = []
+    for k in range(num_ensemble_prompts):
+        seed = random_seed + k
+        order = sample_order(
+            matrix,
+            method=method,
+            theta=theta,
+            max_similarity=max_similarity,
+            min_similarity=min_similarity,
+            force_include_first=always_include_seed_sequence,
+            seed=seed,
+            weights=weights,
+        )
+        if len(order) == 0:
+            raise InvalidParameterError(
+                f"No MSA sequence passes the similarity filter (min_similarity={min_similarity}, "
+                f"max_similarity={max_similarity}); widen the range or set always_include_seed_sequence."
+            )
+        rows = build_prompt(lengths, order, max_tokens=num_residues, max_sequences=num_sequences, shuffle_seed=seed)
+        indices.append(rows)
+        replicates.append([(msa.names[i], msa.sequences[i]) for i in rows])
+    params = {
+        "method": method,
+        "num_sequences": num_sequences,
+        "num_residues": num_residues,
+        "homology_level": homology_level,
+        "max_similarity": max_similarity,
+        "min_similarity": min_similarity,
+        "always_include_seed_sequence": always_include_seed_sequence,
+        "num_ensemble_prompts": num_ensemble_prompts,
+        "random_seed": random_seed,
+    }
+    return SampledPrompt(replicates=replicates, indices=indices, random_seed=random_seed, params=params)

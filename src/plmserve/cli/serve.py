@@ -1,0 +1,90 @@
+"""``plmserve serve``: run the HTTP server (uvicorn) with every public contract.
+
+Settings come from the environment (``PLMSERVE_*``, see :mod:`plmserve.settings`); flags given on
+the command line override them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from plmserve.cli._common import cli_errors, console
+
+logger = logging.getLogger(__name__)
+
+
+def build_settings(
+    host: str | None = None,
+    port: int | None = None,
+    load_format: str | None = None,
+    no_auth: bool = False,
+    api_keys: list[str] | None = None,
+    model_dir: Path | None = None,
+):
+    """Settings from the environment with the given flags on top, checked for safe auth.
+
+    Raises:
+        InvalidParameterError: ``--no-auth`` on a non-loopback host, or no API key and no
+            ``--no-auth`` (see :func:`plmserve.api.auth.check_auth_config`).
+    """
+    from plmserve.api.auth import check_auth_config
+    from plmserve.settings import get_settings
+
+    settings = get_settings(
+        host=host,
+        port=port,
+        load_format=load_format,
+        no_auth=True if no_auth else None,
+        api_keys=list(api_keys) if api_keys else None,
+        model_dir=model_dir,
+    )
+    check_auth_config(settings)
+    return settings
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the root CLI."""
+
+    @app.command("serve")
+    @cli_errors
+    def serve(
+        host: Optional[str] = typer.Option(None, "--host", help="address to bind (default 127.0.0.1; env PLMSERVE_HOST)"),
+        port: Optional[int] = typer.Option(None, "--port", help="TCP port (default 8000; env PLMSERVE_PORT)"),
+        load_format: Optional[str] = typer.Option(
+            None, "--load-format",
+            help="auto: real weights (local dir, HF hub cache, fair-esm .pt); dummy: real architecture "
+            "with RANDOM weights, for smoke tests and benchmarks",
+        ),
+        no_auth: bool = typer.Option(False, "--no-auth", help="accept requests without credentials (127.0.0.1 only)"),
+        api_key: Optional[list[str]] = typer.Option(
+            None, "--api-key", help="accepted API key (repeatable; env PLMSERVE_API_KEYS='[\"k1\",\"k2\"]')"),
+        model_dir: Optional[Path] = typer.Option(
+            None, "--model-dir", help="directory with local weights: <dir>/<slug>/ or official files (env PLMSERVE_MODEL_DIR)"),
+        log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    ) -> None:
+        """Serve the BioLM-, Forge- and OpenProtein-compatible HTTP APIs (OpenAPI docs at /docs)."""
+        if load_format is not None and load_format not in ("auto", "dummy"):
+            from plmserve.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"--load-format must be 'auto' or 'dummy', not '{load_format}'")
+        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir)
+
+        import uvicorn
+
+        from plmserve.api.app import create_app
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+        logging.getLogger("plmserve").setLevel(logging.INFO)  # model loading, weights locations
+        application = create_app(settings)
+        auth = "OFF (--no-auth, loopback only)" if settings.no_auth else f"{len(settings.api_keys)} API key(s)"
+        console.print(
+            f"plmserve: http://{settings.host}:{settings.port}  (docs: /docs)  auth: {auth}  "
+            f"load-format: {settings.load_format}", highlight=False, soft_wrap=True)
+        if settings.load_format == "dummy":
+            console.print("[bold yellow]WARNING:[/] load-format=dummy: every model has RANDOM weights; "
+                          "outputs are meaningless (responses carry X-Plmserve-Load-Format: dummy)", soft_wrap=True)
+        uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)

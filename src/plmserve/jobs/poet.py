@@ -1,0 +1,440 @@
+"""The PoET workflow as jobs: MSA search, prompt sampling, scoring, single-site scans, generation.
+
+Job types follow the OpenProtein legacy backend (``poet-api.md`` §3):
+
+=================== ==================================================================
+``/align/align``    MSA from a seed (homology search) or an uploaded MSA
+``/align/prompt``   prompt sampled from an MSA (or uploaded); one prompt per replicate
+``/poet``           score variant sequences: one log-likelihood per prompt replicate
+``/poet/single_site`` every single substitution of a sequence (WT row ``X0X`` first)
+``/poet/generate``  sample sequences from the prompt, each scored under every replicate
+=================== ==================================================================
+
+Artifacts (blobs in the job store): ``raw`` (the uploaded file, verbatim), ``msa.a3m`` (the MSA,
+query first), ``prompt.json`` (``{"replicates": [[[name, seq], ...], ...], "random_seed": int}``),
+``input.json`` (``[[name, seq], ...]`` variants) and ``result.json`` (rows
+``{"name", "sequence", "score": [one float per replicate]}``; for single-site ``sequence`` is the
+mutation code, 1-based, e.g. ``A1R``).
+
+The work functions import the align service (:mod:`plmserve.align`) and the PoET engine
+(:mod:`plmserve.models.poet`) lazily, so the job layer imports without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from plmserve.bio.fasta import parse_fasta
+from plmserve.errors import ConflictError, InvalidInputError, NotFoundError, PlmserveError
+from plmserve.jobs.executor import Handler, JobContext, JobOutput
+from plmserve.jobs.store import SUCCESS, JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+
+JOB_MSA = "/align/align"
+JOB_PROMPT = "/align/prompt"
+JOB_SCORE = "/poet"
+JOB_SCORE_NEW = "/poet/score"
+JOB_SINGLE_SITE = "/poet/single_site"
+JOB_GENERATE = "/poet/generate"
+POET_JOB_TYPES = frozenset({JOB_SCORE, JOB_SCORE_NEW, JOB_SINGLE_SITE, JOB_GENERATE})
+
+ART_RAW = "raw"
+ART_MSA = "msa.a3m"
+ART_PROMPT = "prompt.json"
+ART_INPUT = "input.json"
+ART_RESULT = "result.json"
+
+#: Letters accepted in a prompt/query sequence (PoET's tokenizer input; X/B/Z become the mask).
+ACCEPTED_LETTERS = "ARNDCQEGHILKMFPSTWYVXOUBZ"
+_ACCEPTED = frozenset(ACCEPTED_LETTERS)
+#: Single-site substitution order (PoET id order), as the legacy backend emits it.
+SINGLE_SITE_ORDER = "ARNDCQEGHILKMFPSTWYV"
+WT_CODE = "X0X"
+END_PROMPT = "<END_PROMPT>"
+SCORE_CHUNK = 32
+
+
+# ---------------------------------------------------------------------- input parsing
+def check_sequence(seq: str, *, what: str, item: int | None = None) -> str:
+    """Validate one ungapped protein sequence; returns it upper-cased.
+
+    Raises:
+        InvalidInputError: empty, or a character outside ``ARNDCQEGHILKMFPSTWYVXOUBZ``; the
+            message names ``what``, the item (1-based row) and the 1-based position.
+    """
+    where = f"{what} {item}" if item is not None else what
+    s = seq.strip().upper()
+    if not s:
+        raise InvalidInputError(f"{where}: empty sequence", item=item)
+    for pos, ch in enumerate(s, start=1):
+        if ch not in _ACCEPTED:
+            hint = " (gaps are not allowed here)" if ch == "-" else ""
+            raise InvalidInputError(
+                f"{where}: invalid character {ch!r} at position {pos}{hint}; allowed: {ACCEPTED_LETTERS}",
+                item=item, position=pos, character=ch,
+            )
+    return s
+
+
+def _decode(data: str | bytes, source: str) -> str:
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8").lstrip("\ufeff")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{source}: not a text file (byte {exc.start} is not UTF-8)") from None
+    return data.lstrip("\ufeff")
+
+
+def parse_sequence_list(data: str | bytes, *, source: str = "file", default_name: str | None = "sequence-{i}",
+                        allow_empty: bool = False) -> list[tuple[str | None, str]]:
+    """Parse unaligned sequences from FASTA or headerless CSV (1 column ``sequence`` or 2 columns
+    ``name,sequence``); the format is sniffed from the content (uploads have no useful file name).
+
+    Args:
+        default_name: format of names for unnamed rows, with ``{i}`` the 1-based row number;
+            None leaves unnamed rows' names None (the caller assigns them).
+
+    Returns:
+        ``[(name, SEQUENCE)]`` in file order; sequences upper-cased and validated.
+
+    Raises:
+        InvalidInputError: not UTF-8, empty (unless ``allow_empty``), a CSV row with more than two
+            fields, or an invalid residue (row and position named).
+    """
+    text = _decode(data, source)
+    if not text.strip():
+        if allow_empty:
+            return []
+        raise InvalidInputError(f"{source}: no sequences (the file is empty)")
+    rows: list[tuple[str | None, str]] = []
+    if text.lstrip().startswith(">"):
+        for rec in parse_fasta(text, source=source):
+            rows.append((rec.name, rec.sequence))
+    else:
+        for lineno, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+            fields = [f.strip() for f in fields]
+            if not fields or all(not f for f in fields):
+                continue
+            if len(fields) == 1:
+                rows.append((None, fields[0]))
+            elif len(fields) == 2:
+                rows.append((fields[0] or None, fields[1]))
+            else:
+                raise InvalidInputError(
+                    f"{source}: line {lineno}: expected 1 (sequence) or 2 (name,sequence) CSV fields, "
+                    f"got {len(fields)}"
+                )
+    if not rows and not allow_empty:
+        raise InvalidInputError(f"{source}: no sequences found")
+    out: list[tuple[str | None, str]] = []
+    for i, (name, seq) in enumerate(rows, start=1):
+        if not name and default_name is not None:
+            name = default_name.format(i=i)
+        out.append((name, check_sequence(seq, what=f"{source}: row", item=i)))
+    return out
+
+
+def parse_prompt_file(data: str | bytes, *, source: str = "prompt_file") -> list[list[tuple[str, str]]]:
+    """Parse an uploaded prompt (blocks separated by ``<END_PROMPT>`` lines, one per replicate)
+    with :func:`plmserve.bio.prompt.parse_prompt`.
+
+    Raises:
+        InvalidInputError: no sequences, or an invalid block/sequence (named in the message).
+    """
+    from plmserve.bio.prompt import parse_prompt
+
+    return [[(str(n), str(q)) for n, q in rep] for rep in parse_prompt(data, source=source)]
+
+
+def score_names(n: int) -> list[str]:
+    """Server-assigned names ``sequence-{i}``, 1-based, zero-padded to the digit width of ``n``
+    (``sequence-01`` .. ``sequence-15``; spec §6.3)."""
+    width = len(str(n))
+    return [f"sequence-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def single_site_codes(sequence: str) -> list[str]:
+    """``[X0X] + [<wt><pos><mut>]``: every substitution in ``ARNDCQEGHILKMFPSTWYV`` order per
+    1-based position, skipping the wild-type letter (19·L codes for a standard sequence)."""
+    codes = [WT_CODE]
+    for pos, wt in enumerate(sequence, start=1):
+        codes.extend(f"{wt}{pos}{aa}" for aa in SINGLE_SITE_ORDER if aa != wt)
+    return codes
+
+
+# ---------------------------------------------------------------------- lineage
+def load_prompt(store: JobStore, prompt_job_id: str) -> list[list[tuple[str, str]]]:
+    """The replicates of a finished prompt job.
+
+    Raises:
+        ConflictError: the prompt job has not produced results yet (409).
+        NotFoundError: no prompt stored.
+    """
+    data = store.get_artifact(prompt_job_id, ART_PROMPT)
+    if data is None:
+        status = store.status_of(prompt_job_id)
+        if status is not None and status != SUCCESS:
+            raise ConflictError(f"prompt job {prompt_job_id} has not produced results yet (status {status})")
+        raise NotFoundError(f"job {prompt_job_id} has no prompt")
+    obj = json.loads(data)
+    return [[(str(n), str(s)) for n, s in rep] for rep in obj["replicates"]]
+
+
+def load_msa(store: JobStore, msa_job_id: str):
+    """The :class:`plmserve.bio.msa.MSA` of a finished MSA job (409 while it is not done)."""
+    from plmserve.bio.msa import parse_msa
+
+    data = store.get_artifact(msa_job_id, ART_MSA)
+    if data is None:
+        status = store.status_of(msa_job_id)
+        if status is not None and status != SUCCESS:
+            raise ConflictError(f"MSA job {msa_job_id} has not produced results yet (status {status})")
+        raise NotFoundError(f"job {msa_job_id} has no MSA")
+    return parse_msa(data, "a3m", source=f"MSA of job {msa_job_id}")
+
+
+def prompt_json(replicates: Sequence[Sequence[tuple[str, str]]], random_seed: int | None = None) -> bytes:
+    """Serialise prompt replicates for the ``prompt.json`` artifact."""
+    return json.dumps({"replicates": [[list(p) for p in rep] for rep in replicates],
+                       "random_seed": random_seed}).encode()
+
+
+# ---------------------------------------------------------------------- work functions
+@dataclass
+class PoetResources:
+    """What PoET/align work functions need: the settings and the (shared) model manager."""
+
+    settings: Any
+    models: Any
+
+    def engine(self):
+        """The PoET engine registered as ``poet``."""
+        return self.models.get("poet", family="poet")
+
+
+def _progress_kw(fn: Callable, cb: Callable) -> dict[str, Any]:
+    """``{"progress": cb}`` when ``fn`` accepts a ``progress`` keyword."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"progress": cb} if "progress" in params else {}
+
+
+def run_msa(ctx: JobContext) -> JobOutput:
+    """``/align/align`` in seed mode: homology search of the seed against the configured database
+    (``PLMSERVE_MSA_DATABASE``, backend ``PLMSERVE_MSA_BACKEND``), query row renamed ``seed``."""
+    from plmserve import align
+
+    res: PoetResources = ctx.resources
+    settings = res.settings
+    seed = ctx.args["seed"]
+    database = ctx.args.get("database") or settings.msa_database
+    if database is None:
+        raise InvalidInputError(
+            "no sequence database is configured for MSA search: set PLMSERVE_MSA_DATABASE to a "
+            "FASTA file (or upload an MSA with is_seed=False)"
+        )
+    ctx.progress(0, 1, "searching homologs")
+
+    def progress(stage: str, fraction: float) -> None:
+        ctx.progress(fraction, 1.0, f"MSA search: {stage}")
+
+    msa = align.create_msa(seed, database=Path(database), backend=settings.msa_backend,
+                           cache_dir=Path(settings.data_dir) / "msa-cache", progress=progress,
+                           query_name="seed")
+    ctx.check_canceled()
+    names = list(msa.names)
+    names[0] = "seed"
+    text = "".join(f">{n}\n{r}\n" for n, r in zip(names, msa.rows))
+    return JobOutput({ART_MSA: text.encode()}, num_records=len(msa))
+
+
+def run_prompt(ctx: JobContext) -> JobOutput:
+    """``/align/prompt``: sample ``replicates`` prompts from the MSA job ``root_msa`` with
+    :func:`plmserve.align.sample_prompt` (PoET's neighbour-weighted sampling; replicate *k*
+    uses seed + k)."""
+    from plmserve.align import sample_prompt
+
+    a = ctx.args
+    msa = load_msa(ctx.store, a["root_msa"])
+    ctx.progress(0, 1, "sampling prompt")
+    sampled = sample_prompt(
+        msa,
+        method=a["msa_method"],
+        num_sequences=a.get("max_msa_sequences"),
+        num_residues=a.get("max_msa_tokens"),
+        homology_level=a["homology_level"],
+        max_similarity=a["max_similarity"],
+        min_similarity=a["min_similarity"],
+        always_include_seed_sequence=a["force_include_first"],
+        num_ensemble_prompts=a["replicates"],
+        random_seed=a["seed"],
+    )
+    reps = [[(str(n), str(s)) for n, s in rep] for rep in sampled.replicates]
+    if not any(reps):
+        raise InvalidInputError("the prompt is empty: the similarity filters removed every MSA sequence")
+    return JobOutput({ART_PROMPT: prompt_json(reps, getattr(sampled, "random_seed", a["seed"]))},
+                     num_records=len(reps))
+
+
+def _prompt_seqs(rep: Sequence[tuple[str, str]]) -> list[str]:
+    return [s for _, s in rep]
+
+
+def _score_matrix(ctx: JobContext, engine, replicates, seqs: list[str], *, done0: int = 0,
+                  total: int | None = None, what: str = "scoring") -> list[list[float]]:
+    """scores[r][i] = log p(seqs[i] | replicate r), in chunks with progress/cancellation."""
+    total = total or len(replicates) * len(seqs)
+    out: list[list[float]] = []
+    done = done0
+    for r, rep in enumerate(replicates):
+        prompt = _prompt_seqs(rep)
+        row: list[float] = []
+        for start in range(0, len(seqs), SCORE_CHUNK):
+            chunk = seqs[start:start + SCORE_CHUNK]
+            vals = engine.score(prompt, chunk)
+            row.extend(float(v) for v in _flat(vals))
+            done += len(chunk)
+            ctx.progress(done, total, f"{what}: replicate {r + 1}/{len(replicates)}")
+        out.append(row)
+    return out
+
+
+def _flat(vals) -> list[float]:
+    import numpy as np
+
+    arr = np.asarray(vals, dtype=np.float64).reshape(-1)
+    return arr.tolist()
+
+
+def run_score(ctx: JobContext) -> JobOutput:
+    """``/poet``: log p(variant | prompt) for every variant under every prompt replicate."""
+    res: PoetResources = ctx.resources
+    replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
+    variants = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
+    engine = res.engine()
+    seqs = [s for _, s in variants]
+    scores = _score_matrix(ctx, engine, replicates, seqs)
+    rows = [{"name": n, "sequence": s, "score": [scores[r][i] for r in range(len(replicates))]}
+            for i, (n, s) in enumerate(variants)]
+    return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
+
+
+def run_single_site(ctx: JobContext) -> JobOutput:
+    """``/poet/single_site``: the wild type (code ``X0X``) and every single substitution, each
+    scored under every replicate (absolute log-likelihoods, not differences; spec §8)."""
+    res: PoetResources = ctx.resources
+    replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
+    wt = ctx.args["variant"]
+    codes = single_site_codes(wt)
+    engine = res.engine()
+    per_rep: list[list[float]] = []
+    if hasattr(engine, "single_site"):
+        for r, rep in enumerate(replicates):
+            ctx.progress(r, len(replicates), f"single-site scan: replicate {r + 1}/{len(replicates)}")
+            out = engine.single_site(_prompt_seqs(rep), wt)
+            per_rep.append(_single_site_scores(out, codes))
+    else:
+        mutants = [wt] + [_apply(wt, c) for c in codes[1:]]
+        per_rep = _score_matrix(ctx, engine, replicates, mutants, what="single-site scan")
+    rows = [{"name": None, "sequence": code, "score": [per_rep[r][i] for r in range(len(replicates))]}
+            for i, code in enumerate(codes)]
+    return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
+
+
+def _apply(wt: str, code: str) -> str:
+    pos = int(code[1:-1])
+    return wt[: pos - 1] + code[-1] + wt[pos:]
+
+
+def _single_site_scores(out: Any, codes: list[str]) -> list[float]:
+    """Normalise the engine's single-site output to one float per code in ``codes`` order.
+
+    Accepts a mapping ``code -> score``, a sequence of ``(code, score)`` pairs (WT row first, its
+    code anything), a table with ``mutant``/``score`` attributes, or a flat array in ``codes``
+    order.
+    """
+    if isinstance(out, dict):
+        items = list(out.items())
+    elif hasattr(out, "codes") and hasattr(out, "scores"):
+        items = list(zip(out.codes, _flat(out.scores)))
+    else:
+        seq = list(out)
+        if seq and isinstance(seq[0], (tuple, list)) and len(seq[0]) == 2:
+            items = [(str(c), float(v)) for c, v in seq]
+        else:
+            vals = _flat(seq)
+            if len(vals) != len(codes):
+                raise PlmserveError(f"engine returned {len(vals)} single-site scores for {len(codes)} codes")
+            return vals
+    by_code = {str(c): float(v) for c, v in items[1:]}
+    wt_score = float(items[0][1])
+    out_scores = [wt_score]
+    for c in codes[1:]:
+        if c not in by_code:
+            raise PlmserveError(f"engine returned no single-site score for {c}")
+        out_scores.append(by_code[c])
+    return out_scores
+
+
+def run_generate(ctx: JobContext) -> JobOutput:
+    """``/poet/generate``: sample ``generate_n`` sequences (seeded, repeatable) and score each
+    under every replicate. Sampling conditions on all replicates when the engine supports an
+    ensemble of prompts, else on the first replicate."""
+    res: PoetResources = ctx.resources
+    a = ctx.args
+    replicates = load_prompt(ctx.store, a["prompt_id"])
+    engine = res.engine()
+    n = int(a["generate_n"])
+    total = n + n * len(replicates)
+    ctx.progress(0, total, "generating")
+    prompts = [_prompt_seqs(rep) for rep in replicates]
+    gen_kwargs: dict[str, Any] = dict(temperature=a["temperature"], top_k=a["topk"], top_p=a["topp"],
+                                      max_length=a["maxlen"], seed=a["seed"])
+    gen_kwargs.update(_progress_kw(engine.generate, lambda done, *_a, **_k: ctx.progress(done, total, "generating")))
+    prompt_arg: Any = prompts if _accepts_ensemble(engine) else prompts[0]
+    samples = engine.generate(prompt_arg, n, **gen_kwargs)
+    seqs = [s if isinstance(s, str) else s[0] for s in samples]
+    scores = _score_matrix(ctx, engine, replicates, seqs, done0=n, total=total, what="scoring samples")
+    rows = [{"name": f"generated-sequence-{i + 1}", "sequence": s,
+             "score": [scores[r][i] for r in range(len(replicates))]} for i, s in enumerate(seqs)]
+    return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
+
+
+def _accepts_ensemble(engine) -> bool:
+    return bool(getattr(engine, "supports_ensemble_generation", False))
+
+
+def handlers() -> dict[str, Handler]:
+    """``job_type -> work function`` for every job type this module runs."""
+    return {
+        JOB_MSA: run_msa,
+        JOB_PROMPT: run_prompt,
+        JOB_SCORE: run_score,
+        JOB_SCORE_NEW: run_score,
+        JOB_SINGLE_SITE: run_single_site,
+        JOB_GENERATE: run_generate,
+    }
+
+
+def read_result(store: JobStore, job: JobRecord) -> list[dict[str, Any]]:
+    """The result rows of a finished PoET job.
+
+    Raises:
+        ConflictError: the job has not finished successfully (409, with its status/failure).
+    """
+    data = store.get_artifact(job.job_id, ART_RESULT)
+    if data is None:
+        if job.status == "FAILURE":
+            raise ConflictError(f"job {job.job_id} failed: {job.failure_message}")
+        raise ConflictError(f"job {job.job_id} has not produced results yet (status {job.status})")
+    return json.loads(data)

@@ -1,0 +1,740 @@
+"""The ESM-2 inference engine on Hugging Face ``transformers.EsmForMaskedLM``.
+
+What it computes follows fair-esm (``esm.model.esm2.ESM2``) and BioLM's ESM-2 service
+(``../shared/specs/esm2-api.md``): representations at any layer (0 = embedding output, ``n`` = after
+the final LayerNorm), contacts from the logistic-regression head over symmetrised, APC-corrected
+attention maps (Rao et al. 2021), head- and query-averaged attentions, LM logits, the
+pseudo-log-likelihood, and masked-marginal variant scores (Meier et al. 2021, ESM-1v).
+
+How it runs:
+
+* sequences are sorted by length and packed into batches by a token budget (``toks_per_batch``,
+  counting padded positions), and results are put back in input order;
+* attention runs through PyTorch's fused ``scaled_dot_product_attention`` unless attention
+  weights are needed (``contacts``/``attentions``); then an explicit (eager) softmax is used and
+  each layer's weights are reduced on the fly (contacts accumulate the regression head layer by
+  layer, so no ``layers x heads x T x T`` stack is ever held);
+* only the hidden states of the requested layers are kept (forward hooks), the LM head runs only
+  when logits are needed and only on residue positions, and the layer loop stops early when the
+  deepest requested layer has been computed;
+* ``torch.inference_mode``; float32 on CPU, bfloat16/float16 on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plmserve.bio.mutations import parse_mutant
+from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
+
+from .alphabet import (
+    BOS_ID,
+    EOS_ID,
+    MASK_ID,
+    MASK_TOKEN,
+    PAD_ID,
+    RESIDUE_LETTERS,
+    STANDARD_AA,
+    STANDARD_SLICE,
+    TOKEN_ID,
+    encode_residues,
+    num_residues,
+    split_tokens,
+    validate_sequences,
+)
+from .weights import MAX_POSITIONS, esm2_config
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATION = "plmserve_esm2"
+INCLUDE_KEYS = ("mean", "per_token", "bos", "contacts", "logits", "attentions")
+
+_state = threading.local()  # per-thread: the attention collector and the hidden-state capture
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer has been computed."""
+
+
+# --------------------------------------------------------------------------------------------
+# attention: fused SDPA, or explicit softmax with the weights handed to a collector
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention function registered with transformers' ``AttentionInterface``.
+
+    Shapes: query/key/value ``[B, H, T, D]`` (the query already scaled by ``D**-0.5`` and rotated,
+    as in fair-esm); ``attention_mask`` boolean ``[B, 1, T, T]`` (True = attend) or None.
+    Returns ``([B, T, H, D], None)``.
+    """
+    scale = 1.0 if scaling is None else scaling
+    collector = getattr(_state, "collector", None)
+    debug = getattr(_state, "debug", None)
+    if debug is not None:
+        prev = collector
+
+        def collector(probs, _prev=prev):
+            debug(probs.clone())
+            if _prev is not None:
+                _prev(probs)
+
+    if collector is None:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+        return out.transpose(1, 2).contiguous(), None
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if scale != 1.0:
+        scores = scores * scale
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores.float(), dim=-1)
+    collector(probs)
+    out = torch.matmul(probs.to(value.dtype), value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_registered = False
+
+
+class attention_maps:
+    """Context manager that records the full attention weights of every forward pass run in this
+    thread while it is active (tests/debugging): ``with attention_maps() as maps: engine.encode(...)``
+    leaves ``maps`` = one float32 ``[B, H, T, T]`` tensor per layer and batch, in call order."""
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        _state.debug = self.maps.append
+        return self.maps
+
+    def __exit__(self, *exc) -> None:
+        _state.debug = None
+
+
+def _register_attention() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    _registered = True
+
+
+def build_hf_model(config, state_dict: dict[str, torch.Tensor] | None = None):
+    """An ``EsmForMaskedLM`` (eval mode) with plmserve's attention function, optionally loaded
+    strictly from an HF-layout ``state_dict``.
+
+    Raises:
+        ModelLoadError: missing or unexpected keys, or shape mismatches.
+    """
+    from transformers import EsmForMaskedLM
+
+    _register_attention()
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    model = EsmForMaskedLM(config)
+    if state_dict is not None:
+        try:
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"ESM-2 weights do not fit the architecture: {exc}") from exc
+        missing = [k for k in missing if not k.startswith("esm.contact_head.") and k != "lm_head.decoder.weight"]
+        if missing or unexpected:
+            raise ModelLoadError(f"ESM-2 weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        model.tie_weights()
+    return model.eval()
+
+
+def resolve_device_dtype(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"):
+    """``auto`` device = CUDA when available else CPU; ``auto`` dtype = float32 on CPU, bfloat16 on CUDA.
+
+    Raises:
+        InvalidParameterError: an unknown dtype name, or half precision requested on CPU.
+    """
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}  # fmt: skip
+    if dtype in (None, "auto"):
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    elif isinstance(dtype, str):
+        if dtype.lower() not in names:
+            raise InvalidParameterError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+        dtype = names[dtype.lower()]
+    return device, dtype
+
+
+def _token_batches(lengths: Sequence[int], toks_per_batch: int, *, square_budget: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length (longest first), each batch's padded token
+    count ``n_seqs x max(T)`` within ``toks_per_batch`` (a single longer sequence is its own batch).
+    With ``square_budget``, ``n_seqs x max(T)^2`` is also bounded (attention maps)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max = 0
+    for i in order:
+        t = lengths[i] + 2
+        new_max = max(cur_max, t)
+        fits = (len(cur) + 1) * new_max <= toks_per_batch
+        if square_budget is not None:
+            fits = fits and (len(cur) + 1) * new_max * new_max <= square_budget
+        if cur and not fits:
+            batches.append(cur)
+            cur, new_max = [], t
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class ESM2Engine:
+    """An ESM-2 model ready for inference.
+
+    Attributes:
+        slug: the model's public name (``esm2-8m`` ...).
+        num_layers: transformer layers ``n``; representation layers are ``0..n``.
+        embed_dim: hidden width.
+        attention_heads: heads per layer.
+        max_residues: 1024 (1026 positions including BOS/EOS).
+        load_format: ``dummy`` (random weights) or where the weights came from:
+            ``hf-dir``, ``hf-hub`` or ``fair-esm``.
+        source: the folder/file/repo the weights came from (None for dummy).
+        alphabet_tokens: the 20 standard amino acids, fair-esm order ``L A G V S E R T I D P K Q N F Y M H W C``
+            (the columns of every ``logits`` output).
+        device, dtype: where and in which precision the model runs.
+        toks_per_batch: token budget per forward pass (padded positions count).
+        has_contact_head: False when the checkpoint had no contact regression weights.
+    """
+
+    alphabet_tokens: list[str] = list(STANDARD_AA)
+
+    def __init__(
+        self,
+        model,
+        *,
+        slug: str = "esm2",
+        load_format: str = "hf-dir",
+        source: str | None = None,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        toks_per_batch: int = 4096,
+        has_contact_head: bool = True,
+    ):
+        _register_attention()
+        if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+            model.config._attn_implementation = ATTN_IMPLEMENTATION
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            logger.warning("half precision on CPU is slow and imprecise; consider dtype=float32")
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        cfg = model.config
+        self.slug = slug
+        self.num_layers: int = int(cfg.num_hidden_layers)
+        self.embed_dim: int = int(cfg.hidden_size)
+        self.attention_heads: int = int(cfg.num_attention_heads)
+        self.max_residues: int = int(min(cfg.max_position_embeddings, MAX_POSITIONS)) - 2
+        self.load_format = load_format
+        self.source = source
+        self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
+        self.has_contact_head = has_contact_head
+        self._lock = threading.Lock()
+        self._install_hooks()
+
+    # ---------------------------------------------------------------- constructors
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str, *, slug: str | None = None, load_format: str | None = None, **kw) -> "ESM2Engine":
+        """Load an HF-format ESM-2 (a folder with ``config.json`` + weights, or a hub repo id such
+        as ``facebook/esm2_t6_8M_UR50D``; the hub honours ``HF_HUB_OFFLINE``).
+
+        Keyword arguments are passed to :class:`ESM2Engine` (device, dtype, toks_per_batch).
+
+        Raises:
+            ModelLoadError: not an ESM-2 checkpoint, or weights that cannot be read.
+        """
+        from pathlib import Path
+
+        from transformers import EsmForMaskedLM
+
+        _register_attention()
+        try:
+            model = EsmForMaskedLM.from_pretrained(str(path_or_repo), attn_implementation=ATTN_IMPLEMENTATION,
+                                                   dtype=torch.float32)  # fmt: skip
+        except OSError as exc:
+            raise ModelLoadError(f"cannot load an ESM-2 model from {path_or_repo}: {exc}") from exc
+        cfg = model.config
+        if cfg.vocab_size != 33 or cfg.position_embedding_type != "rotary" or not cfg.token_dropout:
+            raise ModelLoadError(f"{path_or_repo} is not an ESM-2 checkpoint (vocab 33, rotary, token dropout)")
+        has_contacts = _has_trained_contact_head(path_or_repo)
+        fmt = load_format or ("hf-dir" if Path(str(path_or_repo)).is_dir() else "hf-hub")
+        return cls(model, slug=slug or Path(str(path_or_repo)).name, load_format=fmt, source=str(path_or_repo),
+                   has_contact_head=has_contacts, **kw)  # fmt: skip
+
+    @classmethod
+    def from_fair_esm(cls, pt_path, *, slug: str | None = None, **kw) -> "ESM2Engine":
+        """Load a fair-esm checkpoint (``esm2_*.pt``, torch-hub format) and its
+        ``-contact-regression.pt`` (same folder), converting them to the HF layout in memory.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ModelLoadError: unreadable or not ESM-2.
+        """
+        from pathlib import Path
+
+        from .weights import fair_esm_to_hf, load_fair_esm_checkpoint, regression_path_for
+
+        pt_path = Path(pt_path)
+        if not pt_path.is_file():
+            raise FileNotFoundError(2, "No such file", str(pt_path))
+        model_data = load_fair_esm_checkpoint(pt_path)
+        reg = regression_path_for(pt_path)
+        reg_data = load_fair_esm_checkpoint(reg) if reg.is_file() else None
+        if reg_data is None:
+            logger.warning("%s not found: contacts are unavailable for %s", reg.name, pt_path.name)
+        config, state = fair_esm_to_hf(model_data, reg_data)
+        model = build_hf_model(config, state)
+        return cls(model, slug=slug or pt_path.stem, load_format="fair-esm", source=str(pt_path),
+                   has_contact_head=reg_data is not None, **kw)  # fmt: skip
+
+    @classmethod
+    def dummy(cls, spec_or_config: Any, seed: int = 0, **kw) -> "ESM2Engine":
+        """The real architecture with random weights (``--load-format dummy``), for smoke tests and
+        benchmarks. ``spec_or_config``: a registry ``ModelSpec``, an ``EsmConfig``, or a dict with
+        ``num_layers``, ``embed_dim``, ``attention_heads``. Logs a WARNING."""
+        from transformers import EsmConfig
+
+        slug = kw.pop("slug", None)
+        if isinstance(spec_or_config, EsmConfig):
+            config = spec_or_config
+        else:
+            c = getattr(spec_or_config, "config", spec_or_config)
+            slug = slug or getattr(spec_or_config, "slug", None)
+            config = esm2_config(int(c["num_layers"]), int(c["embed_dim"]), int(c["attention_heads"]))
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = build_hf_model(config)
+            # make the random model non-degenerate (HF's init zeroes biases and the contact head)
+            with torch.no_grad():
+                model.esm.contact_head.regression.weight.normal_(0.0, 1.0)
+                model.lm_head.bias.normal_(0.0, 0.1)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        logger.warning("model %s uses RANDOM weights (load format 'dummy'): outputs are meaningless", slug or "esm2")
+        return cls(model, slug=slug or "esm2-dummy", load_format="dummy", source=None, **kw)
+
+    # ---------------------------------------------------------------- hooks
+
+    def _install_hooks(self) -> None:
+        esm = self.model.esm
+        modules = [esm.embeddings] + list(esm.encoder.layer)
+        for layer_no, module in enumerate(modules):
+            if layer_no == self.num_layers:
+                break  # layer n is taken after the final LayerNorm
+            module.register_forward_hook(self._make_hook(layer_no))
+        esm.encoder.emb_layer_norm_after.register_forward_hook(self._make_hook(self.num_layers))
+
+    @staticmethod
+    def _make_hook(layer_no: int):
+        def hook(module, args, output):
+            capture = getattr(_state, "capture", None)
+            if capture is None:
+                return None
+            if layer_no in capture["layers"]:
+                capture["out"][layer_no] = output[0] if isinstance(output, tuple) else output
+            if layer_no >= capture["stop_after"]:
+                raise _StopForward
+            return None
+
+        return hook
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self, sequences: Sequence[str], *, allow_mask: bool = False) -> list[str]:
+        """Normalised sequences (whitespace removed, upper case).
+
+        Raises:
+            InvalidInputError: names the 0-based item, the 1-based position and the character;
+                empty sequences; sequences longer than :attr:`max_residues`.
+        """
+        return validate_sequences(sequences, max_residues=self.max_residues, allow_mask=allow_mask)
+
+    def resolve_layers(self, repr_layers: Sequence[int]) -> list[int]:
+        """Layer numbers made non-negative (``-1`` = ``n``), duplicates removed, order kept.
+
+        Raises:
+            InvalidParameterError: a layer outside ``[-(n+1), n]`` (the message names the range).
+        """
+        n = self.num_layers
+        if isinstance(repr_layers, (int, np.integer)):
+            repr_layers = [int(repr_layers)]
+        out: list[int] = []
+        for layer in repr_layers:
+            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+                raise InvalidParameterError(f"repr_layers must be integers, got {layer!r}")
+            layer = int(layer)
+            if not -(n + 1) <= layer <= n:
+                raise InvalidParameterError(
+                    f"repr_layers: layer {layer} is out of range for {self.slug} ({n} layers); "
+                    f"valid range is [{-(n + 1)}, {n}]"
+                )
+            resolved = layer if layer >= 0 else layer + n + 1
+            if resolved not in out:
+                out.append(resolved)
+        return out
+
+    # ---------------------------------------------------------------- core forward
+
+    def _tokens(self, residue_ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """``[B, T]`` token ids (BOS + residues + EOS, right-padded), attention mask, lengths L."""
+        lengths = np.array([len(r) for r in residue_ids])
+        T = int(lengths.max()) + 2
+        toks = np.full((len(residue_ids), T), PAD_ID, dtype=np.int64)
+        toks[:, 0] = BOS_ID
+        for b, r in enumerate(residue_ids):
+            toks[b, 1 : len(r) + 1] = r
+            toks[b, len(r) + 1] = EOS_ID
+        tokens = torch.from_numpy(toks).to(self.device)
+        mask = (tokens != PAD_ID).long()
+        return tokens, mask, lengths
+
+    def _forward(
+        self,
+        residue_ids: list[np.ndarray],
+        *,
+        layers: Sequence[int] = (),
+        logits: bool = False,
+        contacts: bool = False,
+        attentions: bool = False,
+    ) -> dict[str, Any]:
+        """One batched forward pass.
+
+        Returns a dict with ``lengths`` (L per sequence), ``hidden`` ``{layer: [B, T, dim]}``,
+        and as requested ``logits`` ``[B, T, 33]`` (float32), ``contacts`` ``[B, T-1, T-1]``
+        (float32 logits before the sigmoid, BOS removed; crop to ``[:L, :L]``) and ``attentions``
+        ``[n_layers, B, T]`` (float32; heads and valid query rows averaged).
+        """
+        tokens, mask, lengths = self._tokens(residue_ids)
+        B, T = tokens.shape
+        n = self.num_layers
+        need_layers = set(layers)
+        if logits:
+            need_layers.add(n)
+        want_attn = contacts or attentions
+        stop_after = n + 1 if (want_attn or logits or not need_layers) else max(need_layers)
+        capture = {"layers": need_layers, "out": {}, "stop_after": stop_after}
+        result: dict[str, Any] = {"lengths": lengths}
+
+        collector = None
+        if want_attn:
+            valid = mask.bool()  # [B, T]
+            t_len = mask.sum(-1).to(torch.float32)  # [B]
+            keep = valid & (tokens != BOS_ID) & (tokens != EOS_ID)
+            keep_f = keep.to(torch.float32)[:, 1:]  # BOS column/row dropped below
+            att_rows: list[torch.Tensor] = []
+            contact_acc = torch.zeros(B, T - 1, T - 1, device=self.device) if contacts else None
+            if contacts:
+                w = self.model.esm.contact_head.regression.weight.detach().float().view(n, self.attention_heads)
+            layer_idx = [0]
+
+            def collector(probs: torch.Tensor) -> None:  # probs: [B, H, T, T] float32
+                li = layer_idx[0]
+                layer_idx[0] += 1
+                if attentions:
+                    per_head = probs.mean(1)  # [B, T(q), T(k)]
+                    summed = (per_head * valid.unsqueeze(-1)).sum(1)  # valid query rows only
+                    att_rows.append(summed / t_len[:, None])
+                if contacts:
+                    x = probs[:, :, 1:, 1:] * (keep_f[:, None, :, None] * keep_f[:, None, None, :])
+                    x = x + x.transpose(-1, -2)
+                    a1 = x.sum(-1, keepdim=True)
+                    a2 = x.sum(-2, keepdim=True)
+                    a12 = x.sum((-1, -2), keepdim=True)
+                    x = x - a1 * a2 / a12
+                    contact_acc.add_(torch.einsum("bhij,h->bij", x, w[li]))
+
+        _state.capture = capture
+        _state.collector = collector
+        try:
+            try:
+                out = self.model.esm(input_ids=tokens, attention_mask=mask)
+                last = out.last_hidden_state
+            except _StopForward:
+                last = None
+        finally:
+            _state.capture = None
+            _state.collector = None
+        hidden = capture["out"]
+        if last is not None and n in need_layers:
+            hidden[n] = last
+        result["hidden"] = hidden
+        if logits:
+            result["logits"] = self.model.lm_head(hidden[n]).float()
+        if contacts:
+            result["contacts"] = contact_acc + self.model.esm.contact_head.regression.bias.detach().float()
+        if attentions:
+            result["attentions"] = torch.stack(att_rows, 0)
+        return result
+
+    def _run(self, fn):
+        with self._lock, torch.inference_mode():
+            return fn()
+
+    # ---------------------------------------------------------------- encode
+
+    def encode(
+        self,
+        sequences: Sequence[str],
+        include: Sequence[str] = ("mean",),
+        repr_layers: Sequence[int] = (-1,),
+    ) -> list[dict[str, Any]]:
+        """Embeddings and other per-sequence outputs (BioLM ``encode``).
+
+        Args:
+            sequences: protein sequences (validated with :meth:`validate`; ``<mask>`` allowed).
+            include: any of ``mean``, ``per_token``, ``bos``, ``contacts``, ``logits``, ``attentions``.
+            repr_layers: layers for mean/per_token/bos; negative counts from the end (-1 = last).
+
+        Returns:
+            One dict per input sequence, in input order, with only the requested keys (numpy float32):
+            ``mean_representations`` ``{layer: [dim]}`` (mean over the L residues, BOS/EOS excluded),
+            ``representations`` ``{layer: [L, dim]}``, ``bos_representations`` ``{layer: [dim]}``,
+            ``contacts`` ``[L, L]`` (probabilities), ``logits`` ``[L, 20]`` (columns
+            :attr:`alphabet_tokens`), ``attentions`` ``[n_layers, L]`` (per layer: mean over heads,
+            then over all L+2 query rows, at residue key positions).
+
+        Raises:
+            InvalidInputError: bad sequences (see :meth:`validate`).
+            InvalidParameterError: unknown ``include`` value, layers out of range, contacts without
+                a contact head.
+        """
+        include = list(include) if include is not None else ["mean"]
+        if isinstance(include, str):
+            include = [include]
+        for key in include:
+            if key not in INCLUDE_KEYS:
+                raise InvalidParameterError(f"include: unknown value '{key}'; allowed: {', '.join(INCLUDE_KEYS)}")
+        inc = set(include)
+        layers = self.resolve_layers(repr_layers if repr_layers is not None else (-1,))
+        if "contacts" in inc and not self.has_contact_head:
+            raise InvalidParameterError(f"contacts are unavailable: {self.slug} was loaded without contact-regression weights")
+        seqs = self.validate(sequences, allow_mask=True)
+        ids = [encode_residues(s) for s in seqs]
+        need_repr = bool(inc & {"mean", "per_token", "bos"})
+        want_attn = bool(inc & {"contacts", "attentions"})
+        results: list[dict[str, Any] | None] = [None] * len(seqs)
+        square = 2**25 // self.attention_heads if want_attn else None
+
+        def work():
+            for batch in _token_batches([len(r) for r in ids], self.toks_per_batch, square_budget=square):
+                res = self._forward(
+                    [ids[i] for i in batch],
+                    layers=layers if need_repr else (),
+                    logits="logits" in inc,
+                    contacts="contacts" in inc,
+                    attentions="attentions" in inc,
+                )
+                hidden = {k: v.float() for k, v in res["hidden"].items()}
+                for b, i in enumerate(batch):
+                    L = int(res["lengths"][b])
+                    item: dict[str, Any] = {}
+                    if "mean" in inc:
+                        item["mean_representations"] = {l: _np(hidden[l][b, 1 : L + 1].mean(0)) for l in layers}
+                    if "per_token" in inc:
+                        item["representations"] = {l: _np(hidden[l][b, 1 : L + 1]) for l in layers}
+                    if "bos" in inc:
+                        item["bos_representations"] = {l: _np(hidden[l][b, 0]) for l in layers}
+                    if "contacts" in inc:
+                        item["contacts"] = _np(torch.sigmoid(res["contacts"][b, :L, :L]))
+                    if "logits" in inc:
+                        item["logits"] = _np(res["logits"][b, 1 : L + 1, STANDARD_SLICE])
+                    if "attentions" in inc:
+                        item["attentions"] = _np(res["attentions"][:, b, 1 : L + 1])
+                    results[i] = item
+
+        self._run(work)
+        return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- predict
+
+    def predict(self, sequences: Sequence[str]) -> list[dict[str, Any]]:
+        """Logits for sequences with one or more ``<mask>`` tokens (BioLM ``predict``).
+
+        Returns:
+            Per sequence, in input order: ``logits`` float32 ``[L, 20]`` at every residue/mask
+            position (columns :attr:`alphabet_tokens`), ``sequence_tokens`` (the input split into
+            tokens, ``<mask>`` as one token).
+
+        Raises:
+            InvalidInputError: bad sequences, or a sequence without ``<mask>`` (names the item).
+        """
+        seqs = self.validate(sequences, allow_mask=True)
+        for item, s in enumerate(seqs):
+            if "<MASK>" not in s:
+                raise InvalidInputError(
+                    f"item {item}: predict needs at least one {MASK_TOKEN} token in the sequence", item=item
+                )
+        out = self.encode(seqs, include=("logits",), repr_layers=())
+        return [
+            {"logits": r["logits"], "sequence_tokens": split_tokens(s, item=i)} for i, (r, s) in enumerate(zip(out, seqs))
+        ]
+
+    # ---------------------------------------------------------------- log-likelihoods
+
+    def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
+        """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model,
+        and return ``log_softmax`` over the full vocabulary at them, float64 ``[len(positions), 33]``."""
+        out: list[np.ndarray | None] = [None] * len(jobs)
+
+        def work():
+            for batch in _token_batches([len(r) for r, _ in jobs], self.toks_per_batch):
+                masked = []
+                for i in batch:
+                    r = jobs[i][0].copy()
+                    r[list(jobs[i][1])] = MASK_ID
+                    masked.append(r)
+                res = self._forward(masked, logits=True)
+                lp = torch.log_softmax(res["logits"], dim=-1)
+                for b, i in enumerate(batch):
+                    pos = torch.as_tensor([p + 1 for p in jobs[i][1]], device=lp.device, dtype=torch.long)
+                    out[i] = lp[b, pos].double().cpu().numpy()
+
+        self._run(work)
+        return out  # type: ignore[return-value]
+
+    def log_prob(self, sequences: Sequence[str], method: str = "pll") -> list[float]:
+        """Log-likelihood of each sequence (natural log), standard residues only.
+
+        Methods:
+            ``pll`` (default): the pseudo-log-likelihood, Σ_i log p(x_i | x with position i masked)
+                over the positions holding one of the 20 standard amino acids (Salazar et al. 2020;
+                full-vocabulary softmax). Costs L forward passes, batched.
+            ``biolm``: BioLM's ``log_prob`` action: one unmasked pass, log-softmax over the 20
+                standard amino acids, summed over the standard residues (matches
+                ``biolm_expected.json``).
+
+        Raises:
+            InvalidInputError: bad sequences (``<mask>`` not allowed).
+            InvalidParameterError: unknown method.
+        """
+        if method not in ("pll", "biolm"):
+            raise InvalidParameterError(f"log_prob: unknown method '{method}'; use 'pll' or 'biolm'")
+        seqs = self.validate(sequences)
+        ids = [encode_residues(s) for s in seqs]
+        std = [np.nonzero((r >= STANDARD_SLICE.start) & (r < STANDARD_SLICE.stop))[0] for r in ids]
+        if method == "biolm":
+            out = self.encode(seqs, include=("logits",), repr_layers=())
+            totals = []
+            for r, keep, o in zip(ids, std, out):
+                lp = torch.log_softmax(torch.from_numpy(o["logits"]), dim=-1).double().numpy()
+                totals.append(float(lp[keep, r[keep] - STANDARD_SLICE.start].sum()))
+            return totals
+        jobs: list[tuple[np.ndarray, tuple[int, ...]]] = []
+        owner: list[int] = []
+        for k, (r, keep) in enumerate(zip(ids, std)):
+            for p in keep:
+                jobs.append((r, (int(p),)))
+                owner.append(k)
+        lps = self._masked_log_probs(jobs)
+        totals = [0.0] * len(seqs)
+        for (r, (p,)), k, lp in zip(jobs, owner, lps):
+            totals[k] += float(lp[0, r[p]])
+        return totals
+
+    # ---------------------------------------------------------------- variant scoring
+
+    def score_mutants(
+        self, wild_type: str, mutants: Sequence[str], method: str = "masked_marginals"
+    ) -> np.ndarray:
+        """Zero-shot variant effect scores relative to the wild type (ESM-1v, Meier et al. 2021;
+        ProteinGym).
+
+        For a mutant with substitutions at positions M (codes ``A42G`` or ``A42G:L50P``, 1-based):
+
+        * ``masked_marginals``: Σ_{i∈M} [log p(x_i=mt | x with all of M masked) − log p(x_i=wt | same)],
+          one forward pass per distinct set M (for single substitutions this is exactly ESM-1v's /
+          ProteinGym's masked marginal);
+        * ``wt_marginals``: the same difference from one unmasked pass over the wild type.
+
+        Returns:
+            float64 ``[len(mutants)]``; higher = more favourable than the wild type.
+
+        Raises:
+            InvalidInputError: bad wild type, malformed code, wild-type residue mismatch, position out
+                of range, or a mutant residue outside the vocabulary (messages name the row, 0-based).
+            InvalidParameterError: unknown method.
+        """
+        if method not in ("masked_marginals", "wt_marginals"):
+            raise InvalidParameterError(
+                f"score_mutants: unknown method '{method}'; use 'masked_marginals' or 'wt_marginals'"
+            )
+        (wt,) = self.validate([wild_type])
+        if isinstance(mutants, str):
+            mutants = [mutants]
+        parsed = []
+        for row, code in enumerate(mutants):
+            subs = parse_mutant(str(code), wt, row=row)
+            for s in subs:
+                if s.mt not in RESIDUE_LETTERS:
+                    raise InvalidInputError(
+                        f"row {row}: mutation '{s}' has mutant residue '{s.mt}', not an amino-acid letter",
+                        item=row, character=s.mt,
+                    )  # fmt: skip
+            parsed.append(subs)
+        r = encode_residues(wt)
+        if method == "wt_marginals":
+            res = self._run(lambda: self._forward([r], logits=True))
+            lp = torch.log_softmax(res["logits"][0, 1 : len(r) + 1], dim=-1).double().cpu().numpy()
+            return np.array(
+                [sum(lp[s.index, TOKEN_ID[s.mt]] - lp[s.index, TOKEN_ID[s.wt]] for s in subs) for subs in parsed],
+                dtype=np.float64,
+            )
+        sets = sorted({tuple(sorted(s.index for s in subs)) for subs in parsed})
+        lps = self._masked_log_probs([(r, m) for m in sets])
+        table = {m: lp for m, lp in zip(sets, lps)}
+        scores = np.empty(len(parsed), dtype=np.float64)
+        for k, subs in enumerate(parsed):
+            m = tuple(sorted(s.index for s in subs))
+            lp = table[m]
+            scores[k] = sum(lp[m.index(s.index), TOKEN_ID[s.mt]] - lp[m.index(s.index), TOKEN_ID[s.wt]] for s in subs)
+        return scores
+
+    def __repr__(self) -> str:
+        return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
+                f"load_format={self.load_format!r}, device={self.device}, dtype={self.dtype})")  # fmt: skip
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _has_trained_contact_head(path_or_repo) -> bool:
+    """Whether HF weights include the contact regression (the facebook/esm2 repos do)."""
+    from pathlib import Path
+
+    p = Path(str(path_or_repo))
+    st = p / "model.safetensors"
+    if st.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(st), framework="pt") as f:
+                return any("contact_head.regression" in k for k in f.keys())
+        except Exception:  # pragma: no cover - unreadable header: assume present
+            return True
+    return True

@@ -1,0 +1,106 @@
+"""A real server: ``plmserve serve --load-format dummy`` in a subprocess on 127.0.0.1, called over
+HTTP with httpx using the seed's curl examples (with the 8M slug)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+KEY = "http-test-key"
+# the seed's example sequences (BioLM ESM-2 docs), encode and predict
+SEED_ENCODE_SEQ = (
+    "MAETAVINHKKRKNSPRIVQSNDLTEAAYSLSRDQKRMLYLFVDQIRKSDGTLQEHDGICEIHVAKYAEIFGLTSAEASKDIRQALKSFAGKEVVFYRPEED"
+    "AGDEKGYESFPWFIKRAHSPSRGLYSVHINPYLIPFFIGLQNRFTQFRLSETKEITNPYAMRLYESLCRYRKPDGSGIVSLKIDWIIERYQLPQSYQRMPD"
+    "FRRRFLQVCVNEINSRTPMRLSYIEKKKGRQTTHIVFSFRDITSMTTG"
+)
+SEED_PREDICT_SEQ = (
+    "MAETAVINHKKRKNSPRI<mask>QSNDLTEAAYSLSRDQKRMLYLFVDQIRKSDGTLQEHDGICEIHVAKYAEIFGLTSAEASKDIRQALKSFAGKEVVFYR"
+    "PEEDAGDEKGYESFPWFIKRAHSPSRGLYSVHINPYLIPFFIGLQNRFTQFRLSETKEITNPYAMRLYESLCQYRKPDGSGIVSLKIDWIIERYQLPQSYQRM"
+    "PDFRRRFLQVCVNEINSRTPMRLSYIEKKKGRQTTHIVFSFRDITSMTTG"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "PLMSERVE_API_KEYS": f'["{KEY}"]', "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from plmserve.cli import main; main()", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--load-format", "dummy", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not start within 120 s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+
+
+def test_seed_encode_curl_example(server):
+    body = {"params": {"include": ["mean", "contacts", "logits", "attentions"]},
+            "items": [{"sequence": SEED_ENCODE_SEQ}]}
+    r = httpx.post(f"{server}/api/v2/esm2-8m/encode/", json=body,
+                   headers={"Authorization": f"Token {KEY}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-plmserve-load-format"] == "dummy"
+    (res,) = r.json()["results"]
+    L = len(SEED_ENCODE_SEQ)
+    assert res["sequence_index"] == 0
+    assert set(res) == {"sequence_index", "mean_representations", "contacts", "logits", "attentions"}
+    assert list(res["mean_representations"]) == ["6"] and len(res["mean_representations"]["6"]) == 320
+    assert np.shape(res["contacts"]) == (L, L)
+    assert np.shape(res["logits"]) == (L, 20)
+    assert np.shape(res["attentions"]) == (6, L)
+    contacts = np.asarray(res["contacts"])
+    assert ((contacts >= 0) & (contacts <= 1)).all()
+    np.testing.assert_allclose(contacts, contacts.T, atol=1e-5)  # the contact head symmetrises
+
+
+def test_seed_predict_curl_example(server):
+    r = httpx.post(f"{server}/api/v2/esm2-8m/predict/", json={"items": [{"sequence": SEED_PREDICT_SEQ}]},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    L = len(SEED_PREDICT_SEQ) - len("<mask>") + 1
+    assert np.shape(res["logits"]) == (L, 20)
+    assert len(res["sequence_tokens"]) == L and res["sequence_tokens"][18] == "<mask>"
+    assert res["sequence_tokens"][:4] == ["M", "A", "E", "T"]
+    assert res["alphabet_tokens"] == list("LAGVSERTIDPKQNFYMHWC")
+
+
+def test_http_errors(server):
+    r = httpx.post(f"{server}/api/v2/esm2-8m/log_prob/", json={"items": [{"sequence": "MKT"}]}, timeout=30)
+    assert r.status_code == 401
+    r = httpx.post(f"{server}/api/v2/esm2-8m/encode/", json={"items": [{"sequence": "MK!T"}]},
+                   headers={"Authorization": f"Token {KEY}"}, timeout=30)
+    assert r.status_code == 400 and "position 3" in r.json()["detail"]
+    r = httpx.post(f"{server}/api/v2/esm2-8m/log_prob", json={"items": [{"sequence": "MKTAYIAKQR"}]},
+                   headers={"Authorization": f"Token {KEY}"}, timeout=60)
+    assert r.status_code == 200 and np.isfinite(r.json()["results"][0]["log_prob"])

@@ -1,0 +1,134 @@
+"""Test support for the job service, the SDK and the end-to-end tests (not a test module).
+
+- :func:`fresh_postgres_url`: a brand-new PostgreSQL database on the server named by
+  ``PLMSERVE_TEST_POSTGRES_URL`` (dropped afterwards), so tests never share state.
+- :class:`LiveServer`: a real uvicorn server on 127.0.0.1 in a background thread; ``stop()`` and
+  ``start()`` again with a new app simulate a server restart.
+- :class:`FakePoetEngine`: a deterministic stand-in for the PoET engine's interface
+  (``score``/``single_site``/``generate``) for wire-format tests of the API layer; the
+  end-to-end tests use the real engine with the fixture checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+
+POSTGRES_ENV = "PLMSERVE_TEST_POSTGRES_URL"
+
+
+@contextlib.contextmanager
+def fresh_postgres_url() -> Iterator[str]:
+    """Yield the URL of a new empty database (``CREATE DATABASE``), dropped on exit."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(os.environ[POSTGRES_ENV])
+    name = f"plmserve_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ), {"n": name})
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on 127.0.0.1:<port> in a thread (lifespan hooks run)."""
+
+    def __init__(self, app, port: int | None = None):
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self._thread = None
+
+    def start(self) -> "LiveServer":
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=60)
+            self._server = None
+
+    def __enter__(self) -> "LiveServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class FakePoetEngine:
+    """Deterministic test double of the PoET engine interface.
+
+    ``score(prompt, seqs)`` = -(len(seq) + 0.5 * number of prompt sequences + 0.01 * index of the
+    first 'W'), so scores differ per replicate and per sequence; ``generate`` draws from
+    ``numpy.random.default_rng(seed)``. ``delay`` seconds are slept per score call (to observe
+    RUNNING jobs and progress).
+    """
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.calls = 0
+
+    def score(self, prompt, sequences):
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return np.array([-(len(s) + 0.5 * len(prompt) + 0.01 * (s.find("W") + 1)) for s in sequences])
+
+    def generate(self, prompt, n, temperature=1.0, top_k=None, top_p=None, max_length=1000, seed=None):
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            length = int(rng.integers(5, 12))
+            out.append(("".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), length)), -1.0))
+        return out
+
+
+def _postgres_url_fixture():
+    import pytest
+
+    @pytest.fixture
+    def postgres_url():
+        """A fresh PostgreSQL database (CI runs one; locally: ``bash .ci/start_postgres.sh``)."""
+        if not os.environ.get(POSTGRES_ENV):
+            pytest.skip(f"{POSTGRES_ENV} is not set (CI sets it; locally run .ci/start_postgres.sh and export it)")
+        with fresh_postgres_url() as url:
+            yield url
+
+    return postgres_url
+
+
+postgres_url = _postgres_url_fixture()
