@@ -9,7 +9,8 @@ Cases, each run in a fresh subprocess so that its peak memory can be measured:
   uint8 comparisons, the formula of ``poet-model.md`` §6.1) on BLAT, measured in the same run;
   the counts must be identical.
 
-Peak memory is the increase of the process's peak RSS during the computation (MiB), after the
+Wall seconds and CPU seconds (all threads) are both reported, with the 1-minute load average:
+on a shared machine the wall time depends on the other jobs. Peak memory is the increase of the process's peak RSS during the computation (MiB), after the
 MSA is loaded and torch is imported. Prints one JSON line.
 
     python bench/msa_weights.py
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -71,12 +73,14 @@ def _run(case: str, queue) -> None:
     neighbor_counts(matrix[:64], 0.2)  # warm-up
     base = _peak_mib()
     start = time.perf_counter()
+    cpu = time.process_time()
     if case == "blat_reference":
         counts = _reference_counts(matrix, 0.2)
     else:
         counts = neighbor_counts(matrix, 0.2)
     seconds = time.perf_counter() - start
-    queue.put({"seconds": seconds, "peak_mib": _peak_mib() - base, "counts": np.asarray(counts).tolist()})
+    cpu = time.process_time() - cpu
+    queue.put({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": _peak_mib() - base, "counts": np.asarray(counts).tolist()})
 
 
 def measure(case: str) -> dict:
@@ -90,19 +94,26 @@ def measure(case: str) -> dict:
 
 
 def main() -> None:
+    import torch
+
     sys.path.insert(0, str(ROOT / "src"))
+    threads = torch.get_num_threads()
     blat = measure("blat")
     ref = measure("blat_reference")
     big = measure("rows50k")
     out = {
         "blat_seconds": round(blat["seconds"], 3),
         "blat_peak_mib": round(blat["peak_mib"], 1),
+        "blat_cpu_seconds": round(blat["cpu_seconds"], 3),
         "rows50k_seconds": round(big["seconds"], 2),
         "rows50k_peak_mib": round(big["peak_mib"], 1),
+        "rows50k_cpu_seconds": round(big["cpu_seconds"], 2),
         "blat_reference_seconds": round(ref["seconds"], 3),
         "blat_reference_peak_mib": round(ref["peak_mib"], 1),
         "blat_counts_identical_to_reference": blat["counts"] == ref["counts"],
         "speedup_vs_reference": round(ref["seconds"] / blat["seconds"], 1),
+        "torch_threads": threads,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(out))
 

@@ -212,3 +212,18 @@ def test_default_budget_is_12288_residues():
 def test_filter_that_removes_everything_is_an_error():
     with pytest.raises(InvalidParameterError, match="No MSA sequence passes the similarity filter"):
         sample_prompt(parse_msa(">q\nACD\n>h\nACD\n"), max_similarity=0.5, num_sequences=3, random_seed=1)
+
+
+def test_always_include_seed_sequence_in_every_replicate():
+    cfg = fixture()["configs"][3]
+    res = sample_prompt(
+        blat(),
+        num_residues=1024,
+        max_similarity=0.95,
+        always_include_seed_sequence=True,
+        random_seed=cfg["seed"],
+        num_ensemble_prompts=15,
+    )
+    assert res.indices[0] == cfg["prompts"]["1024"]["a3m_rows"]  # the official result, seed included
+    assert all(0 in rows for rows in res.indices)
+    assert all(res.replicates[k][rows.index(0)] == ("101", blat().query) for k, rows in enumerate(res.indices))

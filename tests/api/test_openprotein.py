@@ -191,7 +191,7 @@ def test_upload_prompt_without_filename_is_sniffed(server, alice):
     # a multipart part with no filename at all (as some clients send it)
     boundary = "XyZ"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt_file\"\r\n\r\n"
-            "MKTAYIAKQR,\nMKTAYAKQR\n<END_PROMPT>\nother,MRTAYIAKQK\n"
+            "MKTAYIAKQR\nMKTAYAKQR\n<END_PROMPT>\nother,MRTAYIAKQK\n"
             f"\r\n--{boundary}--\r\n").encode()
     r = server.post("/api/v1/poet/align/upload_prompt", content=body,
                     headers={**alice, "content-type": f"multipart/form-data; boundary={boundary}"})

@@ -90,30 +90,56 @@ class LiveServer:
 
 
 class FakePoetEngine:
-    """Deterministic test double of the PoET engine interface.
+    """Deterministic test double with the PoET engine's interface
+    (:class:`plmserve.models.poet.engine.PoET`: ``score``, ``single_site``, ``generate``, each
+    taking one prompt or a list of replicate prompts and a ``progress(done, total)`` callback).
 
-    ``score(prompt, seqs)`` = -(len(seq) + 0.5 * number of prompt sequences + 0.01 * index of the
-    first 'W'), so scores differ per replicate and per sequence; ``generate`` draws from
-    ``numpy.random.default_rng(seed)``. ``delay`` seconds are slept per score call (to observe
-    RUNNING jobs and progress).
+    ``score`` of one sequence under one prompt = -(len(seq) + 0.5 * number of prompt sequences
+    + 0.01 * (index of the first 'W' + 1)), so scores differ per replicate and per sequence.
+    ``generate`` draws from ``numpy.random.default_rng(seed)``. ``delay`` seconds are slept per
+    sequence (to observe RUNNING jobs, progress and cancellation).
     """
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
-        self.calls = 0
 
-    def score(self, prompt, sequences):
-        self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
-        return np.array([-(len(s) + 0.5 * len(prompt) + 0.01 * (s.find("W") + 1)) for s in sequences])
+    @staticmethod
+    def _prompts(prompt):
+        return prompt if prompt and isinstance(prompt[0], list) else [prompt]
 
-    def generate(self, prompt, n, temperature=1.0, top_k=None, top_p=None, max_length=1000, seed=None):
+    @staticmethod
+    def one(prompt_len: int, seq: str) -> float:
+        return -(len(seq) + 0.5 * prompt_len + 0.01 * (seq.find("W") + 1))
+
+    def score(self, prompt, sequences, *, reverse=True, progress=None):
+        prompts = self._prompts(prompt)
+        out = np.zeros((len(prompts), len(sequences)))
+        for i, seq in enumerate(sequences):
+            if self.delay:
+                time.sleep(self.delay)
+            out[:, i] = [self.one(len(p), seq) for p in prompts]
+            if progress is not None:
+                progress(i + 1, len(sequences))
+        return out if prompt and isinstance(prompt[0], list) else out[0]
+
+    def single_site(self, prompt, sequence, *, reverse=True, progress=None):
+        mutants = [("WT", sequence)]
+        for pos, wt in enumerate(sequence, start=1):
+            for aa in "ARNDCQEGHILKMFPSTWYV":
+                if aa != wt:
+                    mutants.append((f"{wt}{pos}{aa}", sequence[: pos - 1] + aa + sequence[pos:]))
+        scores = self.score(self._prompts(prompt), [m for _, m in mutants], progress=progress)
+        return [(code, scores[:, i]) for i, (code, _) in enumerate(mutants)]
+
+    def generate(self, prompt, n, *, temperature=1.0, top_k=None, top_p=None, max_length=1000, seed=None,
+                 progress=None):
+        prompts = self._prompts(prompt)
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):
             length = int(rng.integers(5, 12))
-            out.append(("".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), length)), -1.0))
+            seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), length))
+            out.append((seq, np.array([self.one(len(p), seq) for p in prompts])))
         return out
 
 

@@ -63,45 +63,65 @@ _BLOCK_ELEMENTS = 1 << 23
 # ---------------------------------------------------------------------------------------------
 # neighbour weights
 def _one_hot(matrix: np.ndarray, include_gap: bool):
-    """int8 one-hot features ``(N, F)`` of the (column, token) pairs that occur in ``matrix``."""
+    """int8 one-hot features ``(N, F)`` of the (column, token) pairs held by at least two rows.
+
+    Pairs held by a single row only add to that row's match with itself, which is handled
+    separately (a row is always its own neighbour), so they are dropped to save work."""
     import torch
 
     n, width = matrix.shape
-    tokens = np.unique(matrix)
+    # per (column, token) occurrence counts, then a feature id for every pair held twice or more
+    flat = np.arange(width, dtype=np.int32)[None, :] * 256 + matrix.astype(np.int32)
+    occurrences = np.bincount(flat.ravel(), minlength=width * 256).reshape(width, 256)
+    keep = occurrences >= 2
     if not include_gap:
-        tokens = tokens[tokens != GAP_INDEX]
-    feats = []
-    for t in tokens:
-        hit = matrix == t  # (N, L) bool
-        used = hit.any(axis=0)
-        if used.any():
-            feats.append(hit[:, used])
-    if not feats:
-        return torch.zeros((n, 0), dtype=torch.int8)
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(feats, axis=1).view(np.int8)))
+        keep[:, GAP_INDEX] = False
+    feature_id = np.full((width, 256), -1, dtype=np.int32)
+    feature_id[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+    ids = feature_id[np.arange(width)[None, :], matrix]  # (N, L)
+    feats = np.zeros((n, int(keep.sum())), dtype=np.int8)
+    rows, cols = np.nonzero(ids >= 0)
+    feats[rows, ids[rows, cols]] = 1
+    return torch.from_numpy(feats)
 
 
-def _match_counts_blocks(matrix: np.ndarray, include_gap: bool):
-    """Yield ``(start, counts)`` with ``counts[b, j]`` = number of columns where row ``start+b``
-    and row ``j`` hold the same token (gaps match only if ``include_gap``); int32 ``(B, N)``."""
+def _int_matmul(rows, cols_t):
+    """Exact ``rows @ cols_t`` for int8 0/1 matrices as int32 (int8 GEMM when available)."""
+    import torch
+
+    if rows.shape[1] == 0:
+        return torch.zeros((rows.shape[0], cols_t.shape[1]), dtype=torch.int32)
+    try:
+        return torch._int_mm(rows, cols_t)
+    except (RuntimeError, AttributeError):  # pragma: no cover - builds without int8 GEMM
+        return (rows.float() @ cols_t.float()).round().to(torch.int32)
+
+
+def _count_neighbours(matrix: np.ndarray, thresholds: np.ndarray, include_gap: bool) -> np.ndarray:
+    """``counts[i] = #{j : matches(i, j) >= thresholds[i]}`` with ``j = i`` always counted.
+
+    ``matches`` is symmetric, so only the blocks on and above the diagonal are computed: the
+    product of row block ``I = [s, e)`` with rows ``[s, N)`` gives both the counts of the rows in
+    ``I`` (against ``j >= s``) and the contributions of ``I`` to the rows ``j >= e``. Memory:
+    the one-hot matrix (``N x F`` int8, F <= 21 L) plus one int32 block of about
+    ``_BLOCK_ELEMENTS`` elements."""
     import torch
 
     n = matrix.shape[0]
     feats = _one_hot(matrix, include_gap)
-    feats_t = feats.T.contiguous()
+    feats_t = feats.t()  # a view: the int8 GEMM reads it column-major
     block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
-    use_int_mm = hasattr(torch, "_int_mm") and feats.shape[1] > 0
-    for start in range(0, n, block):
-        rows = feats[start : start + block]
-        counts = None
-        if use_int_mm:
-            try:
-                counts = torch._int_mm(rows, feats_t)
-            except RuntimeError:  # pragma: no cover - builds without int8 matmul
-                use_int_mm = False
-        if counts is None:
-            counts = (rows.float() @ feats_t.float()).round().to(torch.int32)
-        yield start, counts.numpy()
+    thr = torch.from_numpy(thresholds.astype(np.int32))
+    counts = torch.zeros(n, dtype=torch.int64)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        prod = _int_matmul(feats[s:e], feats_t[:, s:])  # (e-s, n-s) int32
+        diag = torch.arange(e - s)
+        prod[diag, diag] = torch.iinfo(torch.int32).max  # a row is always its own neighbour
+        counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
+        if e < n:
+            counts[e:] += (prod[:, e - s :] >= thr[None, e:]).sum(dim=0)
+    return counts.numpy()
 
 
 def _thresholds(normalisers: np.ndarray, theta: float) -> np.ndarray:
@@ -146,12 +166,7 @@ def neighbor_counts(matrix: np.ndarray, theta: float = 0.2, *, gap_normalised: b
     else:
         norm = np.full(n, width)
     thr = _thresholds(norm, float(theta))
-    counts = np.zeros(n, dtype=np.int64)
-    for start, block in _match_counts_blocks(matrix, include_gap=not gap_normalised):
-        b = block.shape[0]
-        counts[start : start + b] = (block >= thr[start : start + b, None]).sum(axis=1)
-    empty = norm == 0
-    counts[empty] = 1
+    counts = _count_neighbours(matrix, thr, include_gap=not gap_normalised)
     return counts
 
 
@@ -398,7 +413,9 @@ def sample_prompt(
         homology_level: identity at which two rows are neighbours (0..1); theta = 1 - level.
         max_similarity, min_similarity: keep rows whose identity to the seed (over all columns)
             lies in [min, max] (0..1, min <= max).
-        always_include_seed_sequence: put the seed first in every prompt.
+        always_include_seed_sequence: the seed row is placed first in the sampling order
+            (official ``force_include_first``) and, should the shuffled budget pass of the prompt
+            builder drop it, appended to the prompt, so every replicate contains it.
         num_ensemble_prompts: replicates (1..15); replicate *k* uses seed ``random_seed + k``.
         random_seed: 1..2**32-1; None draws one (recorded in the result).
 
@@ -450,6 +467,10 @@ def sample_prompt(
                 f"max_similarity={max_similarity}); widen the range or set always_include_seed_sequence."
             )
         rows = build_prompt(lengths, order, max_tokens=num_residues, max_sequences=num_sequences, shuffle_seed=seed)
+        if always_include_seed_sequence and 0 not in rows:
+            # the official builder can drop the forced seed in its second (shuffled) budget pass;
+            # the API promises it, so it is appended (the only deviation, documented above)
+            rows.append(0)
         indices.append(rows)
         replicates.append([(msa.names[i], msa.sequences[i]) for i in rows])
     params = {

@@ -20,11 +20,12 @@ Model calls run in a worker thread so the event loop keeps serving other request
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -269,10 +270,20 @@ def check_masks(sequences: Sequence[str]) -> None:
 # Routes
 # ---------------------------------------------------------------------------------------------
 
-async def _call(engine: Any, fn, *args, **kwargs):
-    """Run a model call in the thread pool so the event loop keeps serving (the engine serialises
-    its own forward passes)."""
-    return await run_in_threadpool(fn, *args, **kwargs)
+async def _run_json(engine: Any, build) -> Response:
+    """Run ``build() -> dict`` (the model call and the conversion to JSON) in the thread pool, so
+    the event loop keeps serving while the model computes and large outputs are serialised.
+    The engine serialises its own forward passes."""
+
+    def work() -> bytes:
+        return json.dumps(build(), allow_nan=False, separators=(",", ":")).encode()
+
+    body = await run_in_threadpool(work)
+    headers = {}
+    if getattr(engine, "load_format", None) == "dummy":
+        headers["X-Plmserve-Load-Format"] = "dummy"
+        headers["X-Plmserve-Warning"] = "random weights (load-format=dummy)"
+    return Response(content=body, media_type="application/json", headers=headers)
 
 
 async def _get_engine(request: Request, slug: str) -> Any:
@@ -281,21 +292,13 @@ async def _get_engine(request: Request, slug: str) -> Any:
     return await run_in_threadpool(models.get, slug, "esm2")
 
 
-def _respond(engine: Any, content: dict) -> JSONResponse:
-    headers = {}
-    if getattr(engine, "load_format", None) == "dummy":
-        headers["X-Plmserve-Load-Format"] = "dummy"
-        headers["X-Plmserve-Warning"] = "random weights (load-format=dummy)"
-    return JSONResponse(content=content, headers=headers)
-
-
 router = APIRouter(tags=["BioLM ESM-2"])
 
 _SLUG_DOC = "Model slug: esm2-8m, esm2-35m, esm2-150m, esm2-650m, esm2-3b, esm2-15b (case-insensitive)"
 
 
 async def encode(slug: str, body: EncodeRequest, request: Request,
-                 principal: Principal = Depends(require_principal)) -> JSONResponse:
+                 principal: Principal = Depends(require_principal)) -> Response:
     """Embeddings, contacts, attentions and logits for each item (BioLM ``encode``)."""
     settings = request.app.state.settings
     params = body.params or EncodeParams()
@@ -307,13 +310,16 @@ async def encode(slug: str, body: EncodeRequest, request: Request,
     layers = engine.resolve_layers(params.repr_layers)
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
-    outs = await _call(engine, engine.encode, seqs, include=tuple(include), repr_layers=tuple(layers))
-    results = [encode_result_json(i, out, include) for i, out in enumerate(outs)]
-    return _respond(engine, {"results": results})
+
+    def build() -> dict:
+        outs = engine.encode(seqs, include=tuple(include), repr_layers=tuple(layers))
+        return {"results": [encode_result_json(i, out, include) for i, out in enumerate(outs)]}
+
+    return await _run_json(engine, build)
 
 
 async def predict(slug: str, body: PredictRequest, request: Request,
-                  principal: Principal = Depends(require_principal)) -> JSONResponse:
+                  principal: Principal = Depends(require_principal)) -> Response:
     """Logits over the 20 amino acids at every position of sequences with ``<mask>`` tokens."""
     settings = request.app.state.settings
     check_request_size(len(body.items), settings)
@@ -321,15 +327,18 @@ async def predict(slug: str, body: PredictRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=True)
     check_masks(seqs)
     check_total_residues(seqs, settings)
-    outs = await _call(engine, engine.predict, seqs)
     alphabet = list(engine.alphabet_tokens)
-    results = [{"logits": _floats(o["logits"]), "sequence_tokens": list(o["sequence_tokens"]),
-                "alphabet_tokens": alphabet} for o in outs]
-    return _respond(engine, {"results": results})
+
+    def build() -> dict:
+        outs = engine.predict(seqs)
+        return {"results": [{"logits": _floats(o["logits"]), "sequence_tokens": list(o["sequence_tokens"]),
+                             "alphabet_tokens": alphabet} for o in outs]}
+
+    return await _run_json(engine, build)
 
 
 async def log_prob(slug: str, body: LogProbRequest, request: Request,
-                   principal: Principal = Depends(require_principal)) -> JSONResponse:
+                   principal: Principal = Depends(require_principal)) -> Response:
     """Log-likelihood of each sequence (natural log): the pseudo-log-likelihood by default."""
     settings = request.app.state.settings
     check_request_size(len(body.items), settings)
@@ -337,12 +346,12 @@ async def log_prob(slug: str, body: LogProbRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
     method = (body.params or LogProbParams()).method
-    values = await _call(engine, engine.log_prob, seqs, method=method)
-    return _respond(engine, {"results": [{"log_prob": float(v)} for v in values]})
+    return await _run_json(
+        engine, lambda: {"results": [{"log_prob": float(v)} for v in engine.log_prob(seqs, method=method)]})
 
 
 async def score_variants(slug: str, body: ScoreVariantsRequest, request: Request,
-                         principal: Principal = Depends(require_principal)) -> JSONResponse:
+                         principal: Principal = Depends(require_principal)) -> Response:
     """Masked-marginal scores of mutation codes relative to a wild type (beyond the BioLM seed).
 
     Source: Meier et al. 2021 (ESM-1v), as used by ProteinGym; see ``specs/esm2-api.md``.
@@ -362,9 +371,13 @@ async def score_variants(slug: str, body: ScoreVariantsRequest, request: Request
             parse_mutant(code, wild_type)
         except InvalidInputError as exc:
             raise InvalidInputError(f"item {i}: {exc}", item=i) from None
-    scores = await _call(engine, engine.score_mutants, wild_type, mutants, method=body.params.method)
-    results = [{"mutant": m, "score": float(s)} for m, s in zip(mutants, np.asarray(scores).tolist())]
-    return _respond(engine, {"results": results})
+    method = body.params.method
+
+    def build() -> dict:
+        scores = np.asarray(engine.score_mutants(wild_type, mutants, method=method), dtype=float).tolist()
+        return {"results": [{"mutant": m, "score": s} for m, s in zip(mutants, scores)]}
+
+    return await _run_json(engine, build)
 
 
 _ROUTES = (

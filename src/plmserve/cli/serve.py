@@ -46,6 +46,18 @@ def build_settings(
     return settings
 
 
+def log_config() -> dict:
+    """uvicorn's logging configuration plus plmserve's own loggers (model loading, weight locations,
+    dummy-weight warnings) at INFO on the same handler; applied by uvicorn when it starts."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["loggers"]["plmserve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return cfg
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to the root CLI."""
 
@@ -77,8 +89,6 @@ def register(app: typer.Typer) -> None:
 
         from plmserve.api.app import create_app
 
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-        logging.getLogger("plmserve").setLevel(logging.INFO)  # model loading, weights locations
         application = create_app(settings)
         auth = "OFF (--no-auth, loopback only)" if settings.no_auth else f"{len(settings.api_keys)} API key(s)"
         console.print(
@@ -87,4 +97,5 @@ def register(app: typer.Typer) -> None:
         if settings.load_format == "dummy":
             console.print("[bold yellow]WARNING:[/] load-format=dummy: every model has RANDOM weights; "
                           "outputs are meaningless (responses carry X-Plmserve-Load-Format: dummy)", soft_wrap=True)
-        uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+        uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
+                    log_config=log_config())

@@ -23,7 +23,6 @@ The work functions import the align service (:mod:`plmserve.align`) and the PoET
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import logging
@@ -59,7 +58,6 @@ _ACCEPTED = frozenset(ACCEPTED_LETTERS)
 SINGLE_SITE_ORDER = "ARNDCQEGHILKMFPSTWYV"
 WT_CODE = "X0X"
 END_PROMPT = "<END_PROMPT>"
-SCORE_CHUNK = 32
 
 
 # ---------------------------------------------------------------------- input parsing
@@ -220,15 +218,6 @@ class PoetResources:
         return self.models.get("poet", family="poet")
 
 
-def _progress_kw(fn: Callable, cb: Callable) -> dict[str, Any]:
-    """``{"progress": cb}`` when ``fn`` accepts a ``progress`` keyword."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"progress": cb} if "progress" in params else {}
-
-
 def run_msa(ctx: JobContext) -> JobOutput:
     """``/align/align`` in seed mode: homology search of the seed against the configured database
     (``PLMSERVE_MSA_DATABASE``, backend ``PLMSERVE_MSA_BACKEND``), query row renamed ``seed``."""
@@ -290,128 +279,86 @@ def _prompt_seqs(rep: Sequence[tuple[str, str]]) -> list[str]:
     return [s for _, s in rep]
 
 
-def _score_matrix(ctx: JobContext, engine, replicates, seqs: list[str], *, done0: int = 0,
-                  total: int | None = None, what: str = "scoring") -> list[list[float]]:
-    """scores[r][i] = log p(seqs[i] | replicate r), in chunks with progress/cancellation."""
-    total = total or len(replicates) * len(seqs)
-    out: list[list[float]] = []
-    done = done0
-    for r, rep in enumerate(replicates):
-        prompt = _prompt_seqs(rep)
-        row: list[float] = []
-        for start in range(0, len(seqs), SCORE_CHUNK):
-            chunk = seqs[start:start + SCORE_CHUNK]
-            vals = engine.score(prompt, chunk)
-            row.extend(float(v) for v in _flat(vals))
-            done += len(chunk)
-            ctx.progress(done, total, f"{what}: replicate {r + 1}/{len(replicates)}")
-        out.append(row)
-    return out
+def _ensemble(replicates: Sequence[Sequence[tuple[str, str]]]) -> list[list[str]]:
+    """Replicates as the engine takes an ensemble: a list of prompts, each a list of sequences."""
+    return [_prompt_seqs(rep) for rep in replicates]
+
+
+def _per_replicate(value: Any, n: int) -> list[float]:
+    """One float per replicate from an engine value (a scalar for one prompt, else an array)."""
+    vals = _flat(value)
+    if len(vals) != n:
+        raise PlmserveError(f"the PoET engine returned {len(vals)} scores for {n} prompt replicates")
+    return vals
 
 
 def _flat(vals) -> list[float]:
     import numpy as np
 
-    arr = np.asarray(vals, dtype=np.float64).reshape(-1)
-    return arr.tolist()
+    return np.asarray(vals, dtype=np.float64).reshape(-1).tolist()
+
+
+def _reporter(ctx: JobContext, what: str) -> Callable[[int, int], None]:
+    """An engine ``progress(done, total)`` callback that records progress and stops a canceled job."""
+
+    def report(done: int, total: int) -> None:
+        ctx.progress(done, total, f"{what}: {done}/{total}")
+
+    return report
 
 
 def run_score(ctx: JobContext) -> JobOutput:
-    """``/poet``: log p(variant | prompt) for every variant under every prompt replicate."""
+    """``/poet``: log p(variant | prompt) for every variant under every prompt replicate
+    (:meth:`plmserve.models.poet.engine.PoET.score`, forward/backward averaged)."""
     res: PoetResources = ctx.resources
     replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
     variants = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
     engine = res.engine()
-    seqs = [s for _, s in variants]
-    scores = _score_matrix(ctx, engine, replicates, seqs)
-    rows = [{"name": n, "sequence": s, "score": [scores[r][i] for r in range(len(replicates))]}
-            for i, (n, s) in enumerate(variants)]
+    ctx.progress(0, 1, "scoring")
+    scores = engine.score(_ensemble(replicates), [s for _, s in variants], progress=_reporter(ctx, "scoring"))
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(replicates), len(variants))
+    rows = [{"name": n, "sequence": s, "score": scores[:, i].tolist()} for i, (n, s) in enumerate(variants)]
     return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
 
 
 def run_single_site(ctx: JobContext) -> JobOutput:
     """``/poet/single_site``: the wild type (code ``X0X``) and every single substitution, each
-    scored under every replicate (absolute log-likelihoods, not differences; spec §8)."""
+    scored under every replicate (absolute log-likelihoods, not differences; spec §8), via
+    :meth:`plmserve.models.poet.engine.PoET.single_site`."""
     res: PoetResources = ctx.resources
     replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
     wt = ctx.args["variant"]
     codes = single_site_codes(wt)
     engine = res.engine()
-    per_rep: list[list[float]] = []
-    if hasattr(engine, "single_site"):
-        for r, rep in enumerate(replicates):
-            ctx.progress(r, len(replicates), f"single-site scan: replicate {r + 1}/{len(replicates)}")
-            out = engine.single_site(_prompt_seqs(rep), wt)
-            per_rep.append(_single_site_scores(out, codes))
-    else:
-        mutants = [wt] + [_apply(wt, c) for c in codes[1:]]
-        per_rep = _score_matrix(ctx, engine, replicates, mutants, what="single-site scan")
-    rows = [{"name": None, "sequence": code, "score": [per_rep[r][i] for r in range(len(replicates))]}
-            for i, code in enumerate(codes)]
+    ctx.progress(0, 1, "single-site scan")
+    out = list(engine.single_site(_ensemble(replicates), wt, progress=_reporter(ctx, "single-site scan")))
+    if len(out) != len(codes):
+        raise PlmserveError(f"the PoET engine returned {len(out)} single-site rows, expected {len(codes)}")
+    rows = []
+    for i, ((code, value), expected) in enumerate(zip(out, codes)):
+        if i > 0 and str(code) != expected:
+            raise PlmserveError(f"the PoET engine returned single-site row {code!r} where {expected!r} was expected")
+        rows.append({"name": None, "sequence": expected, "score": _per_replicate(value, len(replicates))})
     return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
 
 
-def _apply(wt: str, code: str) -> str:
-    pos = int(code[1:-1])
-    return wt[: pos - 1] + code[-1] + wt[pos:]
-
-
-def _single_site_scores(out: Any, codes: list[str]) -> list[float]:
-    """Normalise the engine's single-site output to one float per code in ``codes`` order.
-
-    Accepts a mapping ``code -> score``, a sequence of ``(code, score)`` pairs (WT row first, its
-    code anything), a table with ``mutant``/``score`` attributes, or a flat array in ``codes``
-    order.
-    """
-    if isinstance(out, dict):
-        items = list(out.items())
-    elif hasattr(out, "codes") and hasattr(out, "scores"):
-        items = list(zip(out.codes, _flat(out.scores)))
-    else:
-        seq = list(out)
-        if seq and isinstance(seq[0], (tuple, list)) and len(seq[0]) == 2:
-            items = [(str(c), float(v)) for c, v in seq]
-        else:
-            vals = _flat(seq)
-            if len(vals) != len(codes):
-                raise PlmserveError(f"engine returned {len(vals)} single-site scores for {len(codes)} codes")
-            return vals
-    by_code = {str(c): float(v) for c, v in items[1:]}
-    wt_score = float(items[0][1])
-    out_scores = [wt_score]
-    for c in codes[1:]:
-        if c not in by_code:
-            raise PlmserveError(f"engine returned no single-site score for {c}")
-        out_scores.append(by_code[c])
-    return out_scores
-
-
 def run_generate(ctx: JobContext) -> JobOutput:
-    """``/poet/generate``: sample ``generate_n`` sequences (seeded, repeatable) and score each
-    under every replicate. Sampling conditions on all replicates when the engine supports an
-    ensemble of prompts, else on the first replicate."""
+    """``/poet/generate``: sample ``generate_n`` sequences conditioned on every replicate at once
+    (PoET's ensemble sampler, :meth:`plmserve.models.poet.engine.PoET.generate`; the same seed
+    and parameters give the same sequences), each with its log-likelihood under every replicate."""
     res: PoetResources = ctx.resources
     a = ctx.args
     replicates = load_prompt(ctx.store, a["prompt_id"])
     engine = res.engine()
-    n = int(a["generate_n"])
-    total = n + n * len(replicates)
-    ctx.progress(0, total, "generating")
-    prompts = [_prompt_seqs(rep) for rep in replicates]
-    gen_kwargs: dict[str, Any] = dict(temperature=a["temperature"], top_k=a["topk"], top_p=a["topp"],
-                                      max_length=a["maxlen"], seed=a["seed"])
-    gen_kwargs.update(_progress_kw(engine.generate, lambda done, *_a, **_k: ctx.progress(done, total, "generating")))
-    prompt_arg: Any = prompts if _accepts_ensemble(engine) else prompts[0]
-    samples = engine.generate(prompt_arg, n, **gen_kwargs)
-    seqs = [s if isinstance(s, str) else s[0] for s in samples]
-    scores = _score_matrix(ctx, engine, replicates, seqs, done0=n, total=total, what="scoring samples")
-    rows = [{"name": f"generated-sequence-{i + 1}", "sequence": s,
-             "score": [scores[r][i] for r in range(len(replicates))]} for i, s in enumerate(seqs)]
+    ctx.progress(0, 1, "generating")
+    samples = engine.generate(_ensemble(replicates), int(a["generate_n"]), temperature=float(a["temperature"]),
+                              top_k=a.get("topk"), top_p=a.get("topp"), max_length=int(a["maxlen"]),
+                              seed=a.get("seed"), progress=_reporter(ctx, "generating"))
+    rows = [{"name": f"generated-sequence-{i + 1}", "sequence": seq,
+             "score": _per_replicate(ll, len(replicates))} for i, (seq, ll) in enumerate(samples)]
     return JobOutput({ART_RESULT: json.dumps(rows).encode()}, num_records=len(rows))
-
-
-def _accepts_ensemble(engine) -> bool:
-    return bool(getattr(engine, "supports_ensemble_generation", False))
 
 
 def handlers() -> dict[str, Handler]:

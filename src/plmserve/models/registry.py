@@ -99,7 +99,10 @@ ESM3_MODELS: tuple[ModelSpec, ...] = (
         aliases=("esm3-sm-open-v1", "esm3_sm_open_v1", "esm3-open"),
         hf_repo="EvolutionaryScale/esm3-sm-open-v1",
         official_files=("esm3_sm_open_v1.pth",),
-        licence="EvolutionaryScale Cambrian Open License / MIT (Biohub era); accept it on the hub",
+        licence=(
+            "EvolutionaryScale Cambrian Non-Commercial License (EvolutionaryScale repo, gated: accept it on "
+            "the hub) / MIT (biohub repo, Biohub era)"
+        ),
         gated=True,
         config={"alt_hf_repos": ("biohub/esm3-sm-open-v1",)},
     ),

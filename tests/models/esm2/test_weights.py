@@ -72,6 +72,13 @@ def test_converted_fair_esm_folder_reproduces_fixture(tmp_path, expected, inputs
     and the contact head: the fixture numbers still match after the round trip."""
     dst = esm2.convert(fixture_dir / "esm2_tiny.pt", tmp_path / "models" / "esm2-tinytest")
     assert (dst / "config.json").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(dst / "model.safetensors"), framework="pt") as f:  # the facebook/esm2_* hub layout
+        keys = set(f.keys())
+    assert {f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq" for i in range(2)} <= keys
+    assert "esm.contact_head.regression.weight" in keys
+    assert (dst / "vocab.txt").read_text().split() == list(esm2.alphabet.ALL_TOKENS)
     engine = esm2.load(_spec(), Settings(model_dir=tmp_path / "models"))
     assert engine.load_format == "hf-dir" and engine.has_contact_head
     seq = inputs["sequences"][0]

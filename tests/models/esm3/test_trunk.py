@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import math
+import shutil
 
 import httpx
 import numpy as np

@@ -258,11 +258,32 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     if reg_data is None:
         logger.warning("no %s next to %s: the converted model has no contact head", reg.name, src.name)
     config, state = fair_esm_to_hf(model_data, reg_data)
-    model = build_hf_model(config, state)
+    build_hf_model(config, state)  # checks that every tensor fits the architecture
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst)
+    write_hf_folder(config, state, dst)
     return dst
+
+
+def write_hf_folder(config: "EsmConfig", state: dict[str, "torch.Tensor"], dst: Path) -> None:
+    """Write ``config.json``, ``model.safetensors`` and ``vocab.txt`` in the layout of the
+    ``facebook/esm2_*`` hub repositories (per-layer ``rotary_embeddings.inv_freq`` keys, an explicit
+    ``lm_head.decoder.weight``), readable by transformers 4.x and 5.x."""
+    from safetensors.torch import save_file
+
+    from .alphabet import ALL_TOKENS
+
+    config.architectures = ["EsmForMaskedLM"]
+    config.save_pretrained(dst)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "esm.rotary_embeddings.inv_freq":
+            for i in range(config.num_hidden_layers):
+                out[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = value.clone()
+        else:
+            out[key] = value.detach().clone().contiguous()
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "vocab.txt").write_text("\n".join(ALL_TOKENS) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

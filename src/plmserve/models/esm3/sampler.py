@@ -42,6 +42,7 @@ Main entry points: :func:`generate_tensor` (one request, no batching) and
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -433,6 +434,7 @@ def annealed_temperature(step: int, num_steps: int, temperature: float) -> float
     return max(temperature - ratio, 0.001) ** 2
 
 
+@functools.lru_cache(maxsize=65536)
 def remaining_masked_after_step(step: int, num_steps: int, total: int, schedule: str) -> int:
     """Positions still masked after 0-based ``step``: ``int(f((step+1)/num_steps) * total + 0.1)``
     with ``f(x) = cos(pi x / 2)`` (cosine) or ``1 - x`` (linear), in float32 torch arithmetic as the
@@ -620,9 +622,12 @@ class GenerationSession:
         else:
             self.per_res_plddt = torch.zeros(n, dtype=torch.float32)
             self.backbone = torch.full((n, 3, 3), math.inf, dtype=torch.float32)
+        self._disallowed_bias: torch.Tensor | None = None
         if self.track != C.TRACK_FUNCTION:
-            self._allowed = torch.zeros(_HEAD_SIZE[self.track], dtype=torch.bool)
-            self._allowed[allowed_ids(self.track, config.invalid_ids)] = True
+            bias = torch.full((_HEAD_SIZE[self.track],), -math.inf)
+            bias[allowed_ids(self.track, config.invalid_ids)] = 0.0
+            if bool(torch.isinf(bias).any()):
+                self._disallowed_bias = bias
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -665,6 +670,11 @@ class GenerationSession:
     def step(self, logits: torch.Tensor) -> StepRecord:
         """Advance one decoding step with this request's logits of the target track.
 
+        Only the rows that are committed in this step are sampled (candidates elsewhere would be
+        thrown away): with ``random`` the positions are drawn first, with ``entropy`` they are the
+        lowest-entropy masked positions. The committed tokens are exactly those the official
+        loop would commit; only the order of random draws differs (our seeds are our own).
+
         Args:
             logits: float [N, V] for token tracks (V = head width: 64, 4096, 11, 19) or
                 [N, 8, 260] for ``function`` (any device/dtype; sampling runs in float32 on CPU).
@@ -684,34 +694,42 @@ class GenerationSession:
             raise InvalidInputError(f"Cannot sample {track} when input has no masks.")
         temperature = self.temperature_at(t)
         positions = is_mask.nonzero().squeeze(-1)  # sorted
-        logits = logits.detach().to(device="cpu", dtype=torch.float32)
-
-        if track == C.TRACK_FUNCTION:
-            candidates, entropy = self._sample_function(logits[positions], temperature)
-            # official quirk: one shared entropy value at every sampleable position
-            entropy = entropy.sum().expand_as(entropy)
-        else:
-            candidates, entropy = self._sample_tokens(logits[positions], temperature)
-
         still = int(positions.numel())
         remaining = remaining_masked_after_step(t, self.num_steps, self.total_to_sample, self.config.schedule)
         n_commit = max(0, min(still, still - remaining))
+
         if n_commit == 0:
             chosen = torch.zeros(0, dtype=torch.long)
         elif self.config.strategy == "entropy":
+            rows_logits = self._prepare(_rows(logits, positions))
+            if track == C.TRACK_FUNCTION:
+                log_p = self._function_log_probs(rows_logits, temperature)
+                # official quirk: the per-position entropies are summed over positions too, so
+                # every sampleable position has the same score and torch.topk breaks the tie
+                entropy = _categorical_entropy(log_p).sum(-1).sum().expand(still)
+            else:
+                entropy = _categorical_entropy(rows_logits)
             scores = torch.full((1, self.length), torch.finfo(torch.float32).max, dtype=torch.float32)
             scores[0, positions] = entropy
             _, idx = scores.topk(n_commit, dim=-1, largest=False)
-            chosen = idx[0]
+            chosen, _ = idx[0].sort()
+            rows = torch.searchsorted(positions, chosen)
+            if track == C.TRACK_FUNCTION:
+                candidates = self._function_candidates(log_p[rows])
+            else:
+                candidates = self._sample_rows(rows_logits[rows], temperature)
         else:
             perm = torch.randperm(still, generator=self.generator)
-            chosen = positions[perm[:n_commit]]
-        chosen, _ = chosen.sort()
+            chosen, _ = positions[perm[:n_commit]].sort()
+            rows_logits = self._prepare(_rows(logits, chosen))
+            if track == C.TRACK_FUNCTION:
+                candidates = self._function_candidates(self._function_log_probs(rows_logits, temperature))
+            else:
+                candidates = self._sample_rows(rows_logits, temperature)
+
         if chosen.numel():
-            # map chosen positions to rows of the candidate tensor
-            row = torch.searchsorted(positions, chosen)
             new = current.clone()
-            new[chosen] = candidates[row]
+            new[chosen] = candidates
             self.work[track] = new
         record = StepRecord(
             step=t,
@@ -724,35 +742,41 @@ class GenerationSession:
         self.t += 1
         return record
 
-    def _sample_tokens(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidates [M] and entropies [M] at M masked rows of [M, V] logits."""
-        logits = logits.clone()
-        logits[:, ~self._allowed] = -math.inf
+    def _prepare(self, logits: torch.Tensor) -> torch.Tensor:
+        """Disallowed ids -> -inf (token tracks), then the top-p filter; returns a new tensor."""
+        if self.track != C.TRACK_FUNCTION and self._disallowed_bias is not None:
+            logits = logits + self._disallowed_bias
         top_p = float(self.config.top_p)
         if top_p < 1.0:
             logits = _top_p_mask(logits, top_p)
-        entropy = _categorical_entropy(logits)
-        if temperature == 0:
-            return logits.argmax(-1), entropy
-        probs = torch.softmax(logits / temperature, dim=-1)
-        ids = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-        return ids, entropy
+        return logits
 
-    def _sample_function(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidates [M, 8] and summed-over-depth entropies [M] at M masked rows of [M, 8, 260]."""
-        logits = logits.clone()
-        top_p = float(self.config.top_p)
-        if top_p < 1.0:
-            logits = _top_p_mask(logits, top_p)
+    def _sample_rows(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """One token per row of prepared logits [M, V]: argmax at temperature 0, else a draw
+        from ``softmax(logits / temperature)`` with this request's generator."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return _sample_categorical(probs, self.generator)
+
+    @staticmethod
+    def _function_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``log_softmax(logits / T)`` [M, 8, 260] with ``<none>`` set to -inf at the positions
+        that are not ``<none>`` (mean over depths of P(``<none>``) <= 0.05)."""
         log_p = torch.log_softmax(logits / temperature, dim=-1)
         none = C.FUNCTION_NONE_TOKEN
-        p_none = log_p[..., none].exp().mean(-1)  # [M]
-        where_none = p_none > P_NONE_THRESHOLD
+        where_none = log_p[..., none].exp().mean(-1) > P_NONE_THRESHOLD
         log_p[~where_none, :, none] = -math.inf
+        return log_p
+
+    @staticmethod
+    def _function_candidates(log_p: torch.Tensor) -> torch.Tensor:
+        """[M, 8] ids: all ``<none>`` where the position predicts none, else argmax per depth."""
+        none = C.FUNCTION_NONE_TOKEN
+        where_none = torch.isfinite(log_p[..., none]).any(-1)
         ids = log_p.argmax(-1)
         ids[where_none] = none
-        entropy = _categorical_entropy(log_p).sum(-1)
-        return ids, entropy
+        return ids
 
     def result(self) -> GenerationResult:
         """The output once :attr:`done` (echo rules of the module docstring)."""
@@ -769,6 +793,23 @@ class GenerationSession:
             steps=list(self.steps),
             seed=self.seed,
         )
+
+
+def _rows(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (CPU int64 [M]) of ``logits`` [N, ...] as float32 on the CPU (the gather
+    runs on the logits' device, so only M rows are transferred)."""
+    picked = logits.index_select(0, index.to(logits.device))
+    return picked.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of ``probs`` [M, V] (rows need not be normalised) by inverse-CDF
+    sampling with ``u ~ U(0, 1]``: ids with probability 0 are never drawn. Same distribution as
+    ``torch.multinomial(probs, 1)``, several times faster for small M."""
+    cdf = probs.cumsum(-1)
+    u = 1.0 - torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype)
+    ids = torch.searchsorted(cdf, u * cdf[:, -1:])
+    return ids.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -535,6 +535,9 @@ class PoET:
         (replicates) one shared sequence is sampled from the weighted mean of the replicates'
         log-probabilities, weights = softmax over replicates of the sequence's log-likelihood so
         far (uniform at the first step), as the official ``sample_given_memories_ensemble``.
+        A sequence has at most ``max_length`` residues; one that reaches it without sampling the
+        stop token is returned as is and its log-likelihood covers its residues only (the
+        official sampler allowed one more residue).
 
         Args:
             n: number of sequences.
@@ -620,6 +623,8 @@ class PoET:
             mixed = top_k_top_p_filter(mixed / temperature, top_k, top_p)
             probs = torch.softmax(mixed, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen)  # [B, 1]
+            if t == max_length:  # max_length residues reached: only a stop token is kept
+                active = active & (nxt[:, 0] == A.STOP)
             nxt = torch.where(active[:, None], nxt, torch.full_like(nxt, A.MASK))
             picked = lp.gather(-1, nxt[:, None, :].expand(B, P, 1))[..., 0].double()  # [B, P]
             cum = cum + torch.where(active[:, None], picked, torch.zeros_like(picked))
