@@ -107,7 +107,7 @@ def test_chunked_counts_equal_bruteforce(monkeypatch):
     matrix = rng.integers(0, 21, size=(57, 23)).astype(np.uint8)
     matrix[5, :] = 20
     matrix[5, 3] = 7
-    monkeypatch.setattr(sampling, "_BLOCK_ELEMENTS", 57 * 5)  # force several row blocks
+    monkeypatch.setattr(sampling, "_TILE", 8)  # force several tiles, the last one partial
     for gap_normalised in (True, False):
         counts = neighbor_counts(matrix, 0.6, gap_normalised=gap_normalised)
         expected = []
@@ -227,3 +227,15 @@ def test_always_include_seed_sequence_in_every_replicate():
     assert res.indices[0] == cfg["prompts"]["1024"]["a3m_rows"]  # the official result, seed included
     assert all(0 in rows for rows in res.indices)
     assert all(res.replicates[k][rows.index(0)] == ("101", blat().query) for k, rows in enumerate(res.indices))
+
+
+def test_forced_seed_dropped_by_official_builder_is_appended():
+    # seed 12 / 1024 tokens: the official shuffled budget pass drops the forced seed row
+    matrix = blat().aligned_matrix()
+    lengths = [len(s) for s in blat().sequences]
+    order = sample_order(matrix, max_similarity=0.95, force_include_first=True, seed=12, weights=blat_weights(0.2)[1])
+    official = build_prompt(lengths, order, max_tokens=1024, shuffle_seed=12)
+    assert 0 not in official
+    res = sample_prompt(blat(), num_residues=1024, max_similarity=0.95, always_include_seed_sequence=True,
+                        random_seed=12)
+    assert res.indices[0] == official + [0]

@@ -174,6 +174,9 @@ def test_auth_required(client):
         ({"inputs": {"sequence": None}}, 400, "no track given"),
         ({"inputs": {"sequence": [0, 32, [1], 2]}}, 400, "inputs.sequence"),
         ({"track": "secondary_structure", "invalid_ids": list(range(11))}, 400, "excludes every token"),
+        ({"seed": -1}, 400, "seed must be an integer"),
+        ({"seed": 2**70}, 400, "seed must be an integer"),
+        ({"inputs": {"sequence": [0] + [32] * 2049 + [2]}}, 400, "over the limit of 2048"),
     ],
 )
 def test_bad_requests_are_4xx_with_detail(client, change, status, message):

@@ -104,3 +104,28 @@ def test_http_errors(server):
     r = httpx.post(f"{server}/api/v2/esm2-8m/log_prob", json={"items": [{"sequence": "MKTAYIAKQR"}]},
                    headers={"Authorization": f"Token {KEY}"}, timeout=60)
     assert r.status_code == 200 and np.isfinite(r.json()["results"][0]["log_prob"])
+
+
+def test_event_loop_not_blocked_by_a_model_call(server):
+    """/health answers while a long encode runs (model calls go to the thread pool)."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("LAGVSERTIDPKQNFYMHWC"), 1000)) for _ in range(2)]
+    done: dict[str, float] = {}
+
+    def long_encode():
+        r = httpx.post(f"{server}/api/v2/esm2-8m/encode/", timeout=300,
+                       json={"params": {"include": ["mean"]}, "items": [{"sequence": s} for s in seqs]},
+                       headers={"Authorization": f"Token {KEY}"})
+        done["encode"] = time.monotonic()
+        done["status"] = r.status_code
+
+    t = threading.Thread(target=long_encode)
+    t.start()
+    time.sleep(0.2)
+    assert httpx.get(f"{server}/health", timeout=60).status_code == 200
+    done["health"] = time.monotonic()
+    t.join()
+    assert done["status"] == 200
+    assert done["health"] < done["encode"], "the event loop was blocked during the model call"

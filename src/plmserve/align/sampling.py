@@ -55,9 +55,9 @@ MAX_SEED = 2**32 - 1
 #: Rows considered by the ``NEIGHBORS`` method (our reading of "LIMIT"; see the module docstring).
 NEIGHBORS_ROW_LIMIT = 10_000
 
-# Elements of one (rows x N) block of the pairwise match-count matrix; bounds the memory of
-# neighbour counting to O(N) (about 4 bytes x this number, plus the one-hot MSA).
-_BLOCK_ELEMENTS = 1 << 23
+# Rows per side of one tile of the pairwise match-count matrix (a 16 MiB int32 tile): bounds
+# the memory of neighbour counting to the one-hot MSA plus one tile.
+_TILE = 2048
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,27 +100,30 @@ def _int_matmul(rows, cols_t):
 def _count_neighbours(matrix: np.ndarray, thresholds: np.ndarray, include_gap: bool) -> np.ndarray:
     """``counts[i] = #{j : matches(i, j) >= thresholds[i]}`` with ``j = i`` always counted.
 
-    ``matches`` is symmetric, so only the blocks on and above the diagonal are computed: the
-    product of row block ``I = [s, e)`` with rows ``[s, N)`` gives both the counts of the rows in
-    ``I`` (against ``j >= s``) and the contributions of ``I`` to the rows ``j >= e``. Memory:
-    the one-hot matrix (``N x F`` int8, F <= 21 L) plus one int32 block of about
-    ``_BLOCK_ELEMENTS`` elements."""
+    ``matches`` is symmetric, so only the tiles on and above the diagonal are computed: the
+    product of row tile ``I`` with row tile ``J >= I`` gives the counts of the rows in ``I``
+    against ``J`` and (transposed) those of the rows in ``J`` against ``I``. Memory: the one-hot
+    matrix (``N x F`` int8, ``F <= 21 L``) plus one ``_TILE x _TILE`` int32 tile."""
     import torch
 
     n = matrix.shape[0]
     feats = _one_hot(matrix, include_gap)
-    feats_t = feats.t()  # a view: the int8 GEMM reads it column-major
-    block = max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
     thr = torch.from_numpy(thresholds.astype(np.int32))
     counts = torch.zeros(n, dtype=torch.int64)
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        prod = _int_matmul(feats[s:e], feats_t[:, s:])  # (e-s, n-s) int32
-        diag = torch.arange(e - s)
-        prod[diag, diag] = torch.iinfo(torch.int32).max  # a row is always its own neighbour
-        counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
-        if e < n:
-            counts[e:] += (prod[:, e - s :] >= thr[None, e:]).sum(dim=0)
+    tile = max(1, min(n, _TILE))
+    for s in range(0, n, tile):
+        e = min(n, s + tile)
+        rows = feats[s:e]
+        for t in range(s, n, tile):
+            u = min(n, t + tile)
+            prod = _int_matmul(rows, feats[t:u].t())  # (e-s, u-t) int32
+            if t == s:
+                diag = torch.arange(e - s)
+                prod[diag, diag] = torch.iinfo(torch.int32).max  # a row is its own neighbour
+                counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
+            else:
+                counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
+                counts[t:u] += (prod >= thr[None, t:u]).sum(dim=0)
     return counts.numpy()
 
 

@@ -47,8 +47,16 @@ def load(spec: "ModelSpec", settings: "Settings", *, path: str | None = None) ->
     where = locate_weights(spec, settings, explicit=path)
     logger.info("loading %s from %s (%s)", spec.slug, where.path, where.kind)
     if where.kind == "fair-esm":
-        return ESM2Engine.from_fair_esm(where.path, **kw)
-    return ESM2Engine.from_pretrained(str(where.path), load_format=where.kind, **kw)
+        engine = ESM2Engine.from_fair_esm(where.path, **kw)
+    else:
+        engine = ESM2Engine.from_pretrained(str(where.path), load_format=where.kind, **kw)
+    want = (spec.config.get("num_layers"), spec.config.get("embed_dim"))
+    if None not in want and want != (engine.num_layers, engine.embed_dim):
+        logger.warning(
+            "%s: the weights in %s have %d layers x %d wide, the registry says %d x %d",
+            spec.slug, where.path, engine.num_layers, engine.embed_dim, *want,
+        )
+    return engine
 
 
 def convert(src, dst):

@@ -264,7 +264,8 @@ class GenerationEngine:
     def _step_group(self, group: list[_Job]) -> None:
         sessions = [j.session for j in group]
         try:
-            output = run_trunk(self.model, stack_forward_inputs(sessions))
+            tracks = sorted({s.track for s in sessions})
+            output = run_trunk(self.model, stack_forward_inputs(sessions), tracks=tracks)
         except Exception as exc:  # the trunk failed: fail every request of this pass
             logger.exception("ESM3 forward pass failed")
             for job in group:

@@ -32,7 +32,9 @@ This module reimplements the iterative unmasking sampler of the official ``esm``
 
 Differences from Forge, on purpose: an optional integer ``seed`` makes a call reproducible (one
 ``torch.Generator`` per request, so batching with other requests does not change the result);
-invalid ids are masked *before* top-p (the 3.4.x order; identical at ``top_p = 1``); errors are
+invalid ids are masked *before* top-p (the 3.4.x order; identical at ``top_p = 1``); only the
+rows committed in a step are sampled (the official loop samples every masked row and throws most
+away; the committed tokens are the same, the order of random draws is ours); errors are
 :mod:`plmserve.errors` exceptions (4xx over HTTP), never 5xx.
 
 Main entry points: :func:`generate_tensor` (one request, no batching) and
@@ -461,7 +463,24 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def run_trunk(model: Any, inputs: Mapping[str, torch.Tensor]) -> Any:
+_ACCEPTS: dict[tuple[type, str], bool] = {}
+
+
+def _forward_accepts(model: Any, name: str) -> bool:
+    """Whether the trunk's ``forward`` takes keyword ``name`` (cached per model class)."""
+    key = (type(model), name)
+    if key not in _ACCEPTS:
+        import inspect
+
+        try:
+            params = inspect.signature(model.forward if hasattr(model, "forward") else model).parameters
+            _ACCEPTS[key] = name in params
+        except (TypeError, ValueError):
+            _ACCEPTS[key] = False
+    return _ACCEPTS[key]
+
+
+def run_trunk(model: Any, inputs: Mapping[str, torch.Tensor], tracks: Sequence[str] | None = None) -> Any:
     """One forward pass of the ESM3 trunk under ``torch.no_grad`` (the trunk itself runs bf16
     weights on CUDA under autocast, as the official ``ESM3.logits``).
 
@@ -471,9 +490,13 @@ def run_trunk(model: Any, inputs: Mapping[str, torch.Tensor]) -> Any:
             ``secondary_structure_logits`` [B,N,11], ``sasa_logits`` [B,N,19],
             ``function_logits`` [B,N,8,260] (or [B,N,2080]), ``residue_logits``, ``embeddings``.
         inputs: batched keyword arguments (CPU tensors; moved to the model's device).
+        tracks: the tracks whose logits are needed; passed as ``heads=`` when the trunk's
+            ``forward`` accepts that keyword (it may then skip the other output heads).
     """
     device = _model_device(model)
     kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if tracks is not None and _forward_accepts(model, "heads"):
+        kwargs["heads"] = tuple(tracks)
     with torch.no_grad():
         return model(**kwargs)
 
@@ -566,6 +589,8 @@ class GenerationSession:
         tokens.validate(residue_vocab_size)
         self.config = config
         self.input = tokens
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         self.seed = _new_seed() if seed is None else int(seed)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
@@ -829,7 +854,8 @@ def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of ``Categorical(logits=logits)`` on the last dimension; ``-inf`` entries
     contribute 0 (same clamping as ``torch.distributions.Categorical``)."""
-    return torch.distributions.Categorical(logits=logits.log_softmax(-1), validate_args=False).entropy()
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,7 +893,7 @@ def generate_tensor(
         residue_vocab_size = _residue_vocab_size(model)
     session = GenerationSession(tokens, config, seed=seed, residue_vocab_size=residue_vocab_size)
     while not session.done:
-        output = run_trunk(model, session.forward_inputs())
+        output = run_trunk(model, session.forward_inputs(), tracks=(session.track,))
         record = session.step(track_logits(output, session.track)[0])
         if on_step is not None:
             on_step(record)
