@@ -102,7 +102,16 @@ def test_query_relative_a3m_handles_query_deletions_and_trimmed_flanks():
     assert lines[5] == "--gCKE"
 
 
-def test_search_errors(tmp_path):
+def test_database_from_settings(tmp_path, monkeypatch):
+    db = tmp_path / "env.fasta"
+    db.write_text(f">hom\n{blat().sequences[1]}\n")
+    monkeypatch.setenv("PLMSERVE_MSA_DATABASE", str(db))
+    msa = create_msa(blat().query, cache_dir=tmp_path)
+    assert msa.names == ["seed", "hom"]
+
+
+def test_search_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("PLMSERVE_MSA_DATABASE", raising=False)
     with pytest.raises(MissingParameterError, match="no sequence database"):
         create_msa("MKTAYIAK", cache_dir=tmp_path)
     with pytest.raises(NotFoundError, match="not found"):

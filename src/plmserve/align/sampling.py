@@ -62,26 +62,36 @@ _TILE = 2048
 
 # ---------------------------------------------------------------------------------------------
 # neighbour weights
-def _one_hot(matrix: np.ndarray, include_gap: bool):
-    """int8 one-hot features ``(N, F)`` of the (column, token) pairs held by at least two rows.
+def _feature_ids(matrix: np.ndarray, include_gap: bool) -> tuple[np.ndarray, int]:
+    """Feature numbering of the (column, token) pairs held by at least two rows.
 
-    Pairs held by a single row only add to that row's match with itself, which is handled
-    separately (a row is always its own neighbour), so they are dropped to save work."""
+    Returns ``(ids, F)``: int32 ``(L, 256)`` with ``ids[c, t]`` the feature of token ``t`` in
+    column ``c`` or -1. Pairs held by a single row only add to that row's match with itself,
+    which is handled separately (a row is always its own neighbour), so they get no feature."""
+    width = matrix.shape[1]
+    ids = np.full((width, 256), -1, dtype=np.int32)
+    total = 0
+    for c in range(width):
+        keep = np.bincount(matrix[:, c], minlength=256) >= 2
+        if not include_gap:
+            keep[GAP_INDEX] = False
+        k = int(keep.sum())
+        ids[c, keep] = np.arange(total, total + k, dtype=np.int32)
+        total += k
+    return ids, total
+
+
+def _one_hot(rows: np.ndarray, ids: np.ndarray, num_features: int):
+    """int8 one-hot ``(n, F)`` torch tensor of ``rows`` (uint8 ``(n, L)``) under ``ids``."""
     import torch
 
-    n, width = matrix.shape
-    # per (column, token) occurrence counts, then a feature id for every pair held twice or more
-    flat = np.arange(width, dtype=np.int32)[None, :] * 256 + matrix.astype(np.int32)
-    occurrences = np.bincount(flat.ravel(), minlength=width * 256).reshape(width, 256)
-    keep = occurrences >= 2
-    if not include_gap:
-        keep[:, GAP_INDEX] = False
-    feature_id = np.full((width, 256), -1, dtype=np.int32)
-    feature_id[keep] = np.arange(int(keep.sum()), dtype=np.int32)
-    ids = feature_id[np.arange(width)[None, :], matrix]  # (N, L)
-    feats = np.zeros((n, int(keep.sum())), dtype=np.int8)
-    rows, cols = np.nonzero(ids >= 0)
-    feats[rows, ids[rows, cols]] = 1
+    n, width = rows.shape
+    feats = np.zeros((n, num_features), dtype=np.int8)
+    index = np.arange(n)
+    for c in range(width):
+        f = ids[c, rows[:, c]]
+        ok = f >= 0
+        feats[index[ok], f[ok]] = 1
     return torch.from_numpy(feats)
 
 
@@ -102,21 +112,23 @@ def _count_neighbours(matrix: np.ndarray, thresholds: np.ndarray, include_gap: b
 
     ``matches`` is symmetric, so only the tiles on and above the diagonal are computed: the
     product of row tile ``I`` with row tile ``J >= I`` gives the counts of the rows in ``I``
-    against ``J`` and (transposed) those of the rows in ``J`` against ``I``. Memory: the one-hot
-    matrix (``N x F`` int8, ``F <= 21 L``) plus one ``_TILE x _TILE`` int32 tile."""
+    against ``J`` and (transposed) those of the rows in ``J`` against ``I``. The one-hot rows
+    (int8, ``F <= 21 L`` features) are built per tile, so memory is the MSA plus two one-hot
+    tiles and one ``_TILE x _TILE`` int32 product, whatever ``N``."""
     import torch
 
     n = matrix.shape[0]
-    feats = _one_hot(matrix, include_gap)
+    ids, num_features = _feature_ids(matrix, include_gap)
     thr = torch.from_numpy(thresholds.astype(np.int32))
     counts = torch.zeros(n, dtype=torch.int64)
     tile = max(1, min(n, _TILE))
     for s in range(0, n, tile):
         e = min(n, s + tile)
-        rows = feats[s:e]
+        rows = _one_hot(matrix[s:e], ids, num_features)
         for t in range(s, n, tile):
             u = min(n, t + tile)
-            prod = _int_matmul(rows, feats[t:u].t())  # (e-s, u-t) int32
+            other = rows if t == s else _one_hot(matrix[t:u], ids, num_features)
+            prod = _int_matmul(rows, other.t())  # (e-s, u-t) int32
             if t == s:
                 diag = torch.arange(e - s)
                 prod[diag, diag] = torch.iinfo(torch.int32).max  # a row is its own neighbour
@@ -158,8 +170,9 @@ def neighbor_counts(matrix: np.ndarray, theta: float = 0.2, *, gap_normalised: b
     Returns:
         int64 ``(N,)``. A row with no residues (all gaps) counts only itself.
 
-    Memory is linear in ``N``: the pairwise counts are computed in row blocks with an int8
-    one-hot matrix product (exact integer arithmetic); the N x N x L comparison is never formed.
+    Memory is linear in ``N``: the pairwise counts are computed in 2048 x 2048 tiles (upper
+    triangle only) with an int8 one-hot matrix product (exact integer arithmetic); the N x N x L
+    comparison is never formed.
     Source: ``poet-model.md`` §6.1.
     """
     matrix = np.asarray(matrix, dtype=np.uint8)

@@ -111,7 +111,7 @@ def create_msa(
         cache_dir: where results are cached (default ``<settings.data_dir>/msa-cache``).
         progress: called as ``progress(stage, fraction)`` with fraction in [0, 1].
         query_name: the name of the query row.
-        threads: CPU threads for the search (0 = all).
+        threads: CPU threads for ``mmseqs`` (0 = all); the pyhmmer iterative search runs on one.
         colabfold_url, colabfold_mode: see :func:`plmserve.align.colabfold.search`.
 
     Returns:
@@ -133,13 +133,11 @@ def create_msa(
         raise InvalidParameterError(f"'evalue' must be positive (got {evalue})")
     if max_hits < 1:
         raise InvalidParameterError(f"'max_hits' must be at least 1 (got {max_hits})")
-    settings = None
-    if database is None and backend != "colabfold" or cache_dir is None or colabfold_url is None:
-        settings = get_settings()
+    settings = get_settings()
     db_path: Path | None = None
     if backend != "colabfold":
         if database is None:
-            database = settings.msa_database if settings else None
+            database = settings.msa_database
         if database is None:
             raise MissingParameterError(
                 "no sequence database to search: pass --db / database=, or set PLMSERVE_MSA_DATABASE"
@@ -148,11 +146,11 @@ def create_msa(
         if not db_path.is_file():
             raise NotFoundError(f"sequence database not found: {db_path}")
     if backend == "colabfold" and colabfold_url is None:
-        colabfold_url = settings.colabfold_url  # type: ignore[union-attr]
+        colabfold_url = settings.colabfold_url
     params = {"iterations": iterations, "evalue": evalue, "max_hits": max_hits}
     if backend == "colabfold":
         params = {"url": colabfold_url, "mode": colabfold_mode, "max_hits": max_hits}
-    cache = Path(cache_dir) if cache_dir is not None else Path(settings.data_dir) / "msa-cache"  # type: ignore[union-attr]
+    cache = Path(cache_dir) if cache_dir is not None else Path(settings.data_dir) / "msa-cache"
     key = _cache_key(seq, db_path, backend, params)
     cached = cache / f"{key}.a3m"
     if cached.is_file():

@@ -162,3 +162,12 @@ def test_checkpoint_with_arbitrary_pickled_objects_is_refused(tmp_path, fixture_
     torch.save(data, tmp_path / "esm2_evil.pt")
     with pytest.raises(ModelLoadError, match="esm2_evil.pt"):
         esm2.ESM2Engine.from_fair_esm(tmp_path / "esm2_evil.pt")
+
+
+def test_model_manager_loads_the_engine_lazily_once():
+    from plmserve.models.registry import ModelManager
+
+    manager = ModelManager(Settings(load_format="dummy"))
+    engine = manager.get("esm2_t6_8M_UR50D")  # an alias
+    assert isinstance(engine, esm2.ESM2Engine) and engine.slug == "esm2-8m"
+    assert manager.get("esm2-8m") is engine

@@ -142,3 +142,12 @@ def test_top_k_top_p_filter():
     # 0.5 < 0.7 -> keep; 0.8 crosses 0.7 -> kept (first crossing); the rest removed
     assert torch.isinf(top_k_top_p_filter(scores, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(top_k_top_p_filter(scores, top_p=0.4)).tolist() == [[False, True, True, True]]
+
+
+def test_single_site_positions_subset(model, prompts):
+    rows = model.single_site(prompts[0], WT[:10], positions=[3, 7], reverse=False)
+    assert [c for c, _ in rows][:2] == ["WT", "T3A"] and len(rows) == 1 + 2 * 19
+    full = dict(model.single_site(prompts[0], WT[:10], reverse=False))
+    assert all(abs(full[c] - s) < 1e-4 for c, s in rows)
+    with pytest.raises(InvalidInputError, match="position 11 is outside"):
+        model.single_site(prompts[0], WT[:10], positions=[11])

@@ -190,7 +190,7 @@ class PoET:
         source: where the weights came from (path, or ``"dummy"``).
 
     Use :meth:`from_checkpoint`, :meth:`from_state_dict` or :meth:`dummy` to build one.
-    Attributes ``batch_tokens`` (query tokens per batch, default 8192) and ``batch_rows``
+    Attributes ``batch_tokens`` (query tokens per batch, default 4096) and ``batch_rows``
     (sequences per batch, default 32) bound the work done at once.
     """
 
@@ -198,7 +198,7 @@ class PoET:
         self.model = model.eval()
         self.is_dummy = is_dummy
         self.source = source
-        self.batch_tokens = 8192
+        self.batch_tokens = 4096
         self.batch_rows = 32
 
     # ------------------------------------------------------------------ construction
@@ -329,13 +329,15 @@ class PoET:
         return lp.masked_fill(targets == A.MASK, 0.0)
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped by length (longest first) within the row/token budgets."""
+        """Indices grouped by length (longest first) within the row/token budgets; a batch only
+        takes rows at least 90% as long as its longest (little padding)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         cur: list[int] = []
         for i in order:
             width = lengths[cur[0]] if cur else lengths[i]
-            if cur and (len(cur) >= self.batch_rows or (len(cur) + 1) * width > self.batch_tokens):
+            too_short = lengths[i] < 0.9 * width  # would waste > 10% of the row on padding
+            if cur and (too_short or len(cur) >= self.batch_rows or (len(cur) + 1) * width > self.batch_tokens):
                 batches.append(cur)
                 cur = []
             cur.append(i)

@@ -238,10 +238,10 @@ def _fused_ok(q: Tensor) -> bool:
     return q.device.type == "cpu" and _FUSED_CPU is not None
 
 
-def _fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> _Part:
+def _fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, bias: Tensor | None = None) -> _Part:
     """torch's fused CPU attention kernel, which also returns the log-sum-exp: (normalised
-    output, lse, 1) is a valid part for :func:`_merge`."""
-    o, lse = _FUSED_CPU(q, k, v, 0.0, causal, attn_mask=None, scale=scale)[:2]
+    output, lse, 1) is a valid part for :func:`_merge`. ``bias``: additive mask (0 / -inf)."""
+    o, lse = _FUSED_CPU(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)[:2]
     lse = lse[..., None].to(_acc_dtype(q.dtype))
     return o, lse, torch.ones_like(lse)
 
@@ -270,9 +270,14 @@ def _part_shared(q: Tensor, k: Tensor, v: Tensor, key_len: Tensor | None, scale:
     B, H, Lq, hd = q.shape
     Lk = k.shape[1]
     acc = _acc_dtype(q.dtype)
-    if key_len is None and _fused_ok(q):
+    if _fused_ok(q):
         qf = q.permute(1, 0, 2, 3).reshape(1, H, B * Lq, hd)
-        o, m, z = _fused(qf, k[None], v[None], False, scale)
+        bias = None
+        if key_len is not None:  # additive mask: row b sees keys [0, key_len[b])
+            hidden = torch.arange(Lk, device=q.device)[None, :] >= key_len[:, None]  # [B, Lk]
+            bias = torch.zeros(B, 1, Lk, dtype=q.dtype, device=q.device).masked_fill_(hidden[:, None], float("-inf"))
+            bias = bias.expand(B, Lq, Lk).reshape(1, 1, B * Lq, Lk)
+        o, m, z = _fused(qf, k[None], v[None], False, scale, bias)
         back = lambda x: x[0].view(H, B, Lq, x.shape[-1]).permute(1, 0, 2, 3)  # noqa: E731
         return back(o), back(m), back(z)
     rows_per_chunk = max(1, _SCORE_BUDGET_BYTES // max(1, H * Lq * Lk * torch.finfo(acc).bits // 8))
@@ -458,6 +463,10 @@ class PoETModel(nn.Module):
         """
         B, L = tokens.shape
         h = self.token_embed(tokens)
+        if shared is not None and shared_len is not None:
+            # no row sees past the longest visible prefix: drop the keys beyond it
+            n_vis = int(shared_len.max())
+            shared = [tuple(t[:, :n_vis] for t in layer) for layer in shared]  # type: ignore[misc]
         states: list[LayerState] = []
         for li, layer in enumerate(self.layers):
             q, k, v = layer.self_attn.qkv(layer.norm1(h), positions)
