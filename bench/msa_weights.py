@@ -10,8 +10,9 @@ Cases, each run in a fresh subprocess so that its peak memory can be measured:
   the counts must be identical.
 
 Wall seconds and CPU seconds (all threads) are both reported, with the 1-minute load average:
-on a shared machine the wall time depends on the other jobs. Peak memory is the increase of the process's peak RSS during the computation (MiB), after the
-MSA is loaded and torch is imported. Prints one JSON line.
+on a shared machine the wall time depends on the other jobs. Peak memory is the increase of the
+process's peak RSS during the computation (MiB), after the MSA is loaded and torch is imported.
+Prints one JSON line.
 
     python bench/msa_weights.py
 """

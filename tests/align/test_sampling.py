@@ -239,3 +239,23 @@ def test_forced_seed_dropped_by_official_builder_is_appended():
     res = sample_prompt(blat(), num_residues=1024, max_similarity=0.95, always_include_seed_sequence=True,
                         random_seed=12)
     assert res.indices[0] == official + [0]
+
+
+def test_weights_are_memoised_per_msa_and_invalidated_on_change(monkeypatch):
+    import plmserve.align.sampling as sampling
+
+    msa = parse_msa(SMALL)
+    calls = []
+    real = sampling.homology_weights
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "homology_weights", counting)
+    first = sample_prompt(msa, num_sequences=4, random_seed=3)
+    again = sample_prompt(msa, num_sequences=4, random_seed=3, num_ensemble_prompts=2)
+    assert len(calls) == 1 and again.indices[0] == first.indices[0]
+    msa.aligned[1] = "YYYYYYYYYY"
+    sample_prompt(msa, num_sequences=4, random_seed=3)
+    assert len(calls) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -248,3 +247,11 @@ def test_logits_errors(client):
                        headers=AUTH)
     assert resp.status_code == 400 and "position 2" in resp.json()["detail"]
     assert client.post("/api/v1/logits", json={"model": "esm3-open", "inputs": {"sequence": [0, 5, 2]}}).status_code == 401
+
+
+def test_openapi_documents_the_request_bodies(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/v1/generate_tensor"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "track", "inputs", "num_steps", "temperature", "seed"} <= set(body["properties"])
+    logits = spec["paths"]["/api/v1/logits"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "return_mean_embedding" in json.dumps(logits) and "$defs" not in json.dumps(logits)

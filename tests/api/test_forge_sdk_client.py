@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from plmserve.api.app import create_app
 from plmserve.settings import Settings
@@ -36,7 +35,6 @@ SDK_PYTHON = os.environ.get("PLMSERVE_ESM_SDK_PYTHON", "/tmp/esmvenv/bin/python"
 
 CLIENT_SCRIPT = r'''
 import json, sys, math
-import torch
 from esm.sdk.api import ESMProteinTensor, GenerationConfig, LogitsConfig, ESMProteinError
 from esm.sdk.forge import ESM3ForgeInferenceClient
 

@@ -132,10 +132,10 @@ def _count_neighbours(matrix: np.ndarray, thresholds: np.ndarray, include_gap: b
             if t == s:
                 diag = torch.arange(e - s)
                 prod[diag, diag] = torch.iinfo(torch.int32).max  # a row is its own neighbour
-                counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
+                counts[s:e] += torch.ge(prod, thr[s:e, None]).sum(dim=1, dtype=torch.int32)
             else:
-                counts[s:e] += (prod >= thr[s:e, None]).sum(dim=1)
-                counts[t:u] += (prod >= thr[None, t:u]).sum(dim=0)
+                counts[s:e] += torch.ge(prod, thr[s:e, None]).sum(dim=1, dtype=torch.int32)
+                counts[t:u] += torch.ge(prod, thr[None, t:u]).sum(dim=0, dtype=torch.int32)
     return counts.numpy()
 
 
@@ -207,7 +207,8 @@ def theta_for(homology_level: float) -> float:
 def n_eff(msa: MSA, homology_level: float = 0.8) -> float:
     """Effective number of sequences: ``sum_i 1/n_i`` at the given homology level (gap-aware
     identity, as the default sampling method)."""
-    return homology_weights(msa.aligned_matrix(), theta_for(homology_level))[0]
+    theta = theta_for(homology_level)
+    return msa.memo(("n_eff", theta), lambda: homology_weights(msa.aligned_matrix(), theta)[0])
 
 
 def similarity_to_query(matrix: np.ndarray) -> np.ndarray:
@@ -458,10 +459,17 @@ def sample_prompt(
     theta = theta_for(homology_level)
     weights = None
     if method in ("NEIGHBORS_NONGAP_NORM_NO_LIMIT", "NEIGHBORS_NO_LIMIT"):
-        weights = homology_weights(matrix, theta, gap_normalised=method == "NEIGHBORS_NONGAP_NORM_NO_LIMIT")[1]
+        gap_normalised = method == "NEIGHBORS_NONGAP_NORM_NO_LIMIT"
+        weights = msa.memo(
+            ("homology_weights", theta, gap_normalised, None),
+            lambda: homology_weights(matrix, theta, gap_normalised=gap_normalised)[1],
+        )
     elif method == "NEIGHBORS":
         limit = min(len(msa), NEIGHBORS_ROW_LIMIT)
-        weights = homology_weights(matrix[:limit], theta, gap_normalised=False)[1]
+        weights = msa.memo(
+            ("homology_weights", theta, False, limit),
+            lambda: homology_weights(matrix[:limit], theta, gap_normalised=False)[1],
+        )
     lengths = np.array([len(s) for s in msa.sequences])
     replicates: list[list[tuple[str, str]]] = []
     indices: list[list[int]] = []

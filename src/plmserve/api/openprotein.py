@@ -47,6 +47,7 @@ from plmserve.errors import (
     InvalidInputError,
     InvalidParameterError,
     MissingParameterError,
+    NotFoundError,
 )
 from plmserve.jobs import poet as pj
 from plmserve.jobs.store import FAILURE, SUCCESS, JobRecord, JobStore, user_owner
@@ -158,7 +159,7 @@ async def _form_file(request: Request, field: str) -> bytes:
 def _resolve_prompt_job(store: JobStore, prompt_id: str, owner: str) -> JobRecord:
     try:
         job = store.get_job(prompt_id, owner)
-    except Exception:
+    except NotFoundError:
         raise InvalidInputError(f"invalid prompt: no prompt job {prompt_id}") from None
     if job.job_type != pj.JOB_PROMPT:
         raise InvalidInputError(f"invalid prompt: job {prompt_id} is a {job.job_type} job, not a prompt job")

@@ -110,6 +110,8 @@ class MSA:
     sequences: list[str]
     rows: list[str] = field(default_factory=list)
     format: str = "a3m"
+    #: memo of derived arrays (e.g. sampling weights), keyed by the caller; see :meth:`memo`
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -129,6 +131,16 @@ class MSA:
     def num_columns(self) -> int:
         """Number of match columns ``L`` (the query's aligned length)."""
         return len(self.aligned[0]) if self.aligned else 0
+
+    def memo(self, key, compute):
+        """``compute()`` cached on this MSA under ``key``; recomputed when the aligned rows change."""
+        fingerprint = hash(tuple(self.aligned))
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == fingerprint:
+            return hit[1]
+        value = compute()
+        self._memo[key] = (fingerprint, value)
+        return value
 
     def aligned_matrix(self) -> np.ndarray:
         """The aligned rows encoded as uint8 ``(N, L)`` (see :func:`encode_aligned`)."""

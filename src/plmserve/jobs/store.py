@@ -215,7 +215,7 @@ class JobStore:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA synchronous=FULL")  # a SUCCESS is on disk when committed
                 cur.close()
 
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -450,3 +450,20 @@ def test_empty_tokens_layout():
     assert t.function.shape == (7, 8) and t.residue_annotations.shape == (7, 16)
     with pytest.raises(InvalidParameterError):
         empty_tokens(0)
+
+
+def test_run_trunk_asks_for_only_the_needed_head_when_supported():
+    from plmserve.models.esm3.sampler import run_trunk
+
+    class WithHeads(FakeTrunk):
+        def forward(self, *, heads=None, **kw):
+            self.heads_asked = heads
+            return super().forward(**kw)
+
+    model = WithHeads()
+    res = generate_tensor(model, masked_sequence(10), GenerationConfig(track="sasa", num_steps=2), seed=0)
+    assert model.heads_asked == ("sasa",) and res.num_steps == 2
+    plain = FakeTrunk()  # no ``heads`` keyword: not passed
+    run_trunk(plain, GenerationSession(masked_sequence(5), GenerationConfig(track="sequence")).forward_inputs(),
+              tracks=("sequence",))
+    assert plain.calls == [1]

@@ -4,7 +4,6 @@ reduced grid), compared with ``shared/fixtures/poet/ensemble.json``."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from plmserve.bio.fasta import read_fasta

@@ -151,3 +151,21 @@ def test_single_site_positions_subset(model, prompts):
     assert all(abs(full[c] - s) < 1e-4 for c, s in rows)
     with pytest.raises(InvalidInputError, match="position 11 is outside"):
         model.single_site(prompts[0], WT[:10], positions=[11])
+
+
+def test_unfused_attention_path_matches(model, prompts, monkeypatch):
+    """The chunked matmul attention (used on CUDA and wherever torch's fused CPU kernel is
+    missing) gives the same numbers as the fused path."""
+    from plmserve.models.poet import model as poet_model
+
+    wt = WT[:9]
+    fused_scores = model.score(list(prompts), [WT, wt])
+    fused_ss = model.single_site(prompts[0], wt, reverse=False)
+    fused_gen = model.generate(prompts[0], 2, seed=5, max_length=12, top_k=3)
+    monkeypatch.setattr(poet_model, "_FUSED_CPU", None)
+    monkeypatch.setattr(poet_model, "_SCORE_BUDGET_BYTES", 4096)  # force several row chunks
+    np.testing.assert_allclose(model.score(list(prompts), [WT, wt]), fused_scores, atol=1e-3, rtol=0)
+    plain_ss = model.single_site(prompts[0], wt, reverse=False)
+    np.testing.assert_allclose([s for _, s in plain_ss], [s for _, s in fused_ss], atol=1e-3, rtol=0)
+    plain_gen = model.generate(prompts[0], 2, seed=5, max_length=12, top_k=3)
+    assert [s for s, _ in plain_gen] == [s for s, _ in fused_gen]

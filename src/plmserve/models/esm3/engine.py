@@ -227,21 +227,31 @@ class GenerationEngine:
                     stop = True
                     continue
                 active.append(job)
-            calls = [j for j in active if j.call is not None]
-            active = [j for j in active if j.call is None and not j.future.cancelled()]
-            for job in calls:
-                self._run_call(job)
-            for group in self._groups(active):
-                self._step_group(group)
-            still: list[_Job] = []
-            for job in active:
-                if job.future.done():
-                    continue
-                if job.session.done:
-                    self._finish(job)
-                else:
-                    still.append(job)
-            active = still
+            try:
+                active = self._advance(active)
+            except Exception as exc:  # a bug: fail the running requests, keep serving
+                logger.exception("ESM3 engine step failed")
+                for job in active:
+                    self._fail(job, exc)
+                active = []
+
+    def _advance(self, active: list[_Job]) -> list[_Job]:
+        """Run pending calls, one decoding step for every active request; return those left."""
+        calls = [j for j in active if j.call is not None]
+        active = [j for j in active if j.call is None and not j.future.cancelled()]
+        for job in calls:
+            self._run_call(job)
+        for group in self._groups(active):
+            self._step_group(group)
+        still: list[_Job] = []
+        for job in active:
+            if job.future.done():
+                continue
+            if job.session.done:
+                self._finish(job)
+            else:
+                still.append(job)
+        return still
 
     def _run_call(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
