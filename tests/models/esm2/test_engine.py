@@ -186,3 +186,17 @@ def test_bad_mutation_codes(tiny_engine, code, fragment):
     with pytest.raises(InvalidInputError, match="row 1") as info:
         tiny_engine.score_mutants(SEQ, ["K2R", code])
     assert fragment in str(info.value)
+
+
+def test_fused_sdpa_unless_attention_weights_are_needed(tiny_engine, monkeypatch):
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tiny_engine.encode([SEQ, SEQ[:10]], include=["mean", "logits", "bos"])
+    assert len(calls) == tiny_engine.num_layers  # one batch, every layer fused
+    calls.clear()
+    tiny_engine.encode([SEQ], include=["mean", "contacts"])
+    tiny_engine.encode([SEQ], include=["attentions"])
+    assert calls == []  # explicit softmax: the weights are needed
