@@ -246,15 +246,25 @@ def test_score_keeps_given_names_and_rejects_bad_residues(server, alice):
     assert r.status_code == 400 and "invalid prompt" in r.json()["detail"]
 
 
-def test_results_before_the_job_is_done_are_409(server, alice):
+def test_results_before_the_job_is_done_are_409_and_progress_is_reported(server, alice):
     app = server.app
-    app.state.models.put("poet", FakePoetEngine(delay=0.3))
+    app.state.models.put("poet", FakePoetEngine(delay=0.15))
     prompt = upload_prompt(server, alice)
     job = server.post("/api/v1/poet/score", params={"prompt_id": prompt["prompt_id"]},
-                      files={"variant_file": b"MKTAYIAKQR\n"}, headers=alice).json()
+                      files={"variant_file": b"MKTAYIAKQR\n" * 10}, headers=alice).json()
     r = server.get("/api/v1/poet/score", params={"job_id": job["job_id"]}, headers=alice)
     assert r.status_code == 409 and "has not produced results yet" in r.json()["detail"]
-    assert wait_job(server, alice, job["job_id"])["status"] == "SUCCESS"
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        j = server.get(f"/api/v1/jobs/{job['job_id']}", headers=alice).json()
+        if j["status"] == "RUNNING":
+            seen.add(j["progress_counter"])
+        if j["status"] == "SUCCESS":
+            break
+        time.sleep(0.03)
+    assert j["status"] == "SUCCESS" and j["progress_counter"] == 100
+    assert any(0 < p < 100 for p in seen), seen  # partial progress was visible while running
 
 
 def test_single_site_rows_and_parent_id(server, alice):

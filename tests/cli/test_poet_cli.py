@@ -121,3 +121,23 @@ def test_errors_are_one_line_exit_2(tmp_path, inputs):
     res = runner.invoke(app, ["poet", "single-site", "--prompt", str(prompt), "--sequence", "MKT",
                               "-o", str(tmp_path / "s.csv"), "--checkpoint", str(tmp_path / "missing.ckpt")])
     assert res.exit_code == 2 and "missing.ckpt" in res.output
+
+
+def test_ensemble_score_reproduces_fixture(tmp_path):
+    ref = json.loads(shared_path("fixtures", "poet", "ensemble.json").read_text())
+    records = shared_path("data", "BLAT_ECOLX_Jacquier_2013_variants.fasta").read_text().splitlines()[:6]
+    variants = tmp_path / "v.fasta"
+    variants.write_text("\n".join(records) + "\n")
+    out = tmp_path / "ens.csv"
+    grid = ",".join(f"{t}:{s}" for t, s in ref["grid"][:2])
+    res = runner.invoke(app, ["poet", "ensemble-score", "--msa", A3M, "--variants", str(variants), "--grid", grid,
+                              "-o", str(out), "--checkpoint", CKPT])
+    assert res.exit_code == 0, res.output
+    rows = _read(out)
+    assert rows[0] == ["name", "sequence", "score"] and [r[0] for r in rows[1:]] == ref["variant_names"][:3]
+    want = np.mean([c["average"][:3] for c in ref["per_config"][:2]], axis=0)
+    got = np.array([float(r[2]) for r in rows[1:]])
+    assert np.all(np.abs(got - want) <= 1e-3 + 2e-6 * np.abs(want))
+    bad = runner.invoke(app, ["poet", "ensemble-score", "--msa", A3M, "--variants", str(variants), "--grid", "6144",
+                              "-o", str(out), "--checkpoint", CKPT])
+    assert bad.exit_code == 2 and "MAX_TOKENS:MAX_SIMILARITY" in bad.output

@@ -3,7 +3,8 @@
     plmserve poet score --msa msa.a3m --variants variants.fasta -o scores.csv
     plmserve poet score --prompt prompt.fasta --variants variants.fasta -o scores.csv
     plmserve poet single-site --prompt prompt.fasta --sequence MKTAYIAK... -o ssp.csv
-    plmserve poet generate --prompt prompt.fasta -n 10 --temperature 1.0 --seed 1 -o generated.csv
+    plmserve poet generate --prompt prompt.fasta -n 10 --temperature 1.0 --sample-seed 1 -o generated.csv
+    plmserve poet ensemble-score --msa msa.a3m --variants variants.fasta -o scores.csv   # score.py recipe
 
 The prompt is either a prompt file (FASTA or CSV blocks separated by ``<END_PROMPT>`` lines, one
 block per replicate) or sampled from an MSA with the align service's sampler (``--msa`` plus the
@@ -368,6 +369,60 @@ def generate_cmd(
     else:
         write_csv(output, header, rows)
     console.print(f"{len(rows)} sequences -> {output}", highlight=False, soft_wrap=True)
+
+
+def parse_grid(text: str) -> list[tuple[int, float]]:
+    """``"6144:1.0,6144:0.95"`` -> ``[(6144, 1.0), (6144, 0.95)]``.
+
+    Raises:
+        InvalidParameterError: a malformed item (names it).
+    """
+    grid = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        tokens, _, sim = item.partition(":")
+        try:
+            grid.append((int(tokens), float(sim)))
+        except ValueError:
+            raise InvalidParameterError(f"--grid item '{item}' is not MAX_TOKENS:MAX_SIMILARITY (e.g. 6144:0.95)") from None
+    if not grid:
+        raise InvalidParameterError("--grid is empty")
+    return grid
+
+
+@poet_app.command("ensemble-score")
+@cli_errors
+def ensemble_score_cmd(
+    msa: Path = typer.Option(..., "--msa", help="MSA (a3m ...); row 0 is the query"),
+    variants: Path = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV"),
+    output: Path = typer.Option(..., "-o", "--output", help="output CSV: name,sequence,score"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="MAX_TOKENS:MAX_SIMILARITY,... (default: the "
+                                       "official 15-point grid 6144/12288/24576 x 1.0/0.95/0.9/0.7/0.5)"),
+    seed: int = typer.Option(188257, "--seed", help="prompt sampling seed (official: 188257)"),
+    model: str = typer.Option("poet", "-m", "--model", help=_MODEL_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=_CKPT_HELP),
+    load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (random weights)"),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+) -> None:
+    """The official scripts/score.py ensemble: prompts over a grid of size x max similarity,
+    each scored forward and backward, averaged (a GPU job with the real weights)."""
+    from plmserve.bio.msa import read_msa
+    from plmserve.models.poet.ensemble import SCORE_PY_GRID, score_py_ensemble
+
+    seqs = read_sequences(variants)
+    points = parse_grid(grid) if grid else list(SCORE_PY_GRID)
+    alignment = read_msa(msa)
+    engine = load_model(model, checkpoint, load_format, model_dir, device, dtype)
+    result = _run_with_bar(
+        "ensemble",
+        lambda report: score_py_ensemble(engine, alignment, [s for _, s in seqs], grid=points, seed=seed,
+                                         progress=report),
+    )
+    write_csv(output, ["name", "sequence", "score"],
+              [[n, s, float(x)] for (n, s), x in zip(seqs, result.scores)])
+    console.print(f"{len(seqs)} sequences x {len(points)} prompts x 2 directions -> {output}", highlight=False,
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

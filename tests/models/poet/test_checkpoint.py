@@ -129,6 +129,10 @@ def test_registry_load_searches_model_dir(tmp_path):
     model = load(spec, Settings(model_dir=tmp_path, device="cpu"))
     assert model.config == PoETConfig(**TINY) and not model.is_dummy
     assert model.source.endswith("poet/poet.ckpt")
+    st_dir = tmp_path / "st"
+    convert(fixture_file("model.ckpt"), st_dir / "poet.safetensors")
+    from_st = load(spec, Settings(model_dir=st_dir, device="cpu"))
+    assert from_st.source.endswith("poet.safetensors") and from_st.config == model.config
 
 
 def test_registry_dummy_load():

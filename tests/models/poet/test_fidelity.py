@@ -47,8 +47,9 @@ def test_forward_backward_noprompt_logliks(ckpt, inputs, expected):
     np.testing.assert_allclose(both, (fwd + bwd) / 2, rtol=0, atol=1e-6)
 
 
-def test_logits_variant0(inputs, expected):
-    model = fixture_model()
+@pytest.mark.parametrize("ckpt", CKPTS)
+def test_logits_variant0(ckpt, inputs, expected):
+    model = fixture_model(ckpt)
     cache = model.embed(inputs["prompt"])
     tokens = torch.as_tensor(expected["token_ids"][0])[None, :-1]
     pos = torch.arange(tokens.shape[1])[None]
@@ -58,8 +59,9 @@ def test_logits_variant0(inputs, expected):
     torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=0)
 
 
-def test_float64_matches_f64_fields(inputs, expected):
-    model = PoET.from_checkpoint(fixture_file("model.ckpt"), device="cpu", dtype="float64")
+@pytest.mark.parametrize("ckpt", CKPTS)
+def test_float64_matches_f64_fields(ckpt, inputs, expected):
+    model = PoET.from_checkpoint(fixture_file(ckpt), device="cpu", dtype="float64")
     assert model.dtype == torch.float64
     prompt, variants = inputs["prompt"], inputs["variants"]
     fwd = model.score(prompt, variants, reverse=False)

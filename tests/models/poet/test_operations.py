@@ -92,6 +92,8 @@ def test_prompt_rows_are_cleaned_and_checked(model):
         model.score(["MKT"], ["MKT", "M-KT"])
     with pytest.raises(InvalidInputError, match="no sequences"):
         model.score(["MKT"], [])
+    # a bare string is one sequence (not a list of one-letter sequences)
+    np.testing.assert_allclose(model.score("MKTAYIAK", WT, reverse=False), clean, atol=1e-6, rtol=0)
 
 
 def test_generate_is_deterministic_and_scores_are_logliks(model, prompts):

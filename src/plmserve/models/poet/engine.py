@@ -26,6 +26,7 @@ are given as a list of such lists (each replicate a ``list``), as a
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -313,6 +314,8 @@ class PoET:
         """
         if isinstance(prompt, PromptCache):
             return prompt
+        if isinstance(prompt, str):  # one bare sequence is a one-sequence prompt
+            prompt = [prompt]
         seqs = _prompt_sequences(prompt)
         if not seqs:
             return PromptCache(None, 0, 0, reverse)
@@ -391,6 +394,8 @@ class PoET:
         Raises:
             InvalidInputError: empty list, or a bad character (names the item, position, character).
         """
+        if isinstance(sequences, str):
+            sequences = [sequences]
         seqs = [A.check_sequence(s, what="sequence", item=i) for i, s in enumerate(sequences)]
         if not seqs:
             raise InvalidInputError("no sequences to score")
@@ -574,7 +579,7 @@ class PoET:
         if any(c.reverse for c in caches):
             raise InvalidParameterError("generation needs forward prompt caches (reverse=False)")
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        gen.manual_seed(int(seed) if seed is not None else secrets.randbits(63))  # global RNG untouched
         results: list[tuple[str, Any]] = []
         rows = max(1, min(self.batch_rows, 16))
         for start in range(0, n, rows):
