@@ -35,6 +35,7 @@ SDK_PYTHON = os.environ.get("PLMSERVE_ESM_SDK_PYTHON", "/tmp/esmvenv/bin/python"
 
 CLIENT_SCRIPT = r'''
 import json, sys, math
+import torch
 from esm.sdk.api import ESMProteinTensor, GenerationConfig, LogitsConfig, ESMProteinError
 from esm.sdk.forge import ESM3ForgeInferenceClient
 

@@ -30,7 +30,7 @@ def fake_score(prompt_len: int, seq: str) -> float:
 
 @pytest.fixture
 def server(tmp_path):
-    settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
+    settings = Settings(data_dir=tmp_path, api_keys=["admin-key", "admin-key-2"])
     store = JobStore(settings.resolved_database_url())
     store.add_user("alice", "alice-password")
     store.add_user("bob", "bob-password")
@@ -369,5 +369,10 @@ def test_users_cannot_see_each_others_jobs(server, alice, bob):
     r = server.post("/api/v1/poet/score", params={"prompt_id": prompt["prompt_id"]},
                     files={"variant_file": b"MKT\n"}, headers=bob)
     assert r.status_code == 400 and "invalid prompt" in r.json()["detail"]
-    # API-key callers own their jobs separately too
-    assert server.get("/api/v1/jobs", headers={"authorization": "Token admin-key"}).json() == []
+    # API-key callers own their jobs separately too, even keys with a common prefix
+    key1, key2 = {"authorization": "Token admin-key"}, {"authorization": "Bearer admin-key-2"}
+    assert server.get("/api/v1/jobs", headers=key1).json() == []
+    keyed = upload_prompt(server, key1)
+    assert [j["job_id"] for j in server.get("/api/v1/jobs", headers=key1).json()] == [keyed["job_id"]]
+    assert server.get("/api/v1/jobs", headers=key2).json() == []
+    assert server.get(f"/api/v1/jobs/{keyed['job_id']}", headers=key2).status_code == 404

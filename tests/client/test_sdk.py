@@ -6,7 +6,7 @@ engine runs in tests/e2e.
 
 from __future__ import annotations
 
-import csv
+import time
 
 import pytest
 
@@ -177,3 +177,27 @@ def test_timeout_cancel_and_isolation(live, session):
     with pytest.raises(pc.APIError) as exc:
         bob.poet.load_poet_job(fut.id)
     assert exc.value.status_code == 404
+
+
+def test_job_interrupted_by_shutdown_reruns_after_restart(tmp_path):
+    settings = Settings(data_dir=tmp_path, api_keys=["k1"])
+    app = create_app(settings)
+    app.state.models.put("poet", FakePoetEngine(delay=0.05))
+    with LiveServer(app) as srv:
+        s = pc.connect(srv.url, api_key="k1", poll_interval=0.05)
+        prompt = s.poet.upload_prompt(b"MKTAYIAKQR\n")
+        fut = s.poet.score(prompt, [b"MKTAYIAKQR"] * 100)
+        deadline = time.monotonic() + 30
+        while s.jobs.get(fut.id).progress_counter in (None, 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job_id = fut.id
+    # the server stopped in the middle of the job: it is queued again, not lost and not failed
+    store = JobStore(settings.resolved_database_url())
+    assert store.get_job(job_id).status == "PENDING"
+    store.close()
+    app2 = create_app(settings)
+    app2.state.models.put("poet", FakePoetEngine())
+    with LiveServer(app2) as srv2:
+        s2 = pc.connect(srv2.url, api_key="k1", poll_interval=0.05)
+        results = s2.poet.load_poet_job(job_id).wait(timeout=60)
+        assert len(results) == 100 and s2.jobs.get(job_id).status == pc.JobStatus.SUCCESS

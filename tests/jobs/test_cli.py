@@ -29,10 +29,15 @@ def test_users_add_list_and_errors(tmp_path):
     assert r.exit_code == 2 and "at least 8 characters" in r.output and "Traceback" not in r.output
     r = run("users", "list", "--data-dir", d)
     assert r.exit_code == 0 and "alice" in r.output and "bob" in r.output
+    r = run("users", "passwd", "bob", "--password", "bob-new-password", "--data-dir", d)
+    assert r.exit_code == 0 and "tokens were revoked" in r.output
+    r = run("users", "passwd", "nobody", "--password", "whatever-pw", "--data-dir", d)
+    assert r.exit_code == 2 and "no user named 'nobody'" in r.output
     store = JobStore(f"sqlite:///{tmp_path}/plmserve.db")
     try:
+        assert store.authenticate("bob", "bob-password") is None
+        assert store.authenticate("bob", "bob-new-password") is not None
         assert store.authenticate("alice", "alice-password") is not None
-        assert store.authenticate("bob", "bob-password") is not None
     finally:
         store.close()
 

@@ -26,6 +26,7 @@ requested before the job finished, 422 out-of-range parameters.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -40,7 +41,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from plmserve.api.auth import Principal, add_token_validator, require_principal
+from plmserve.api.auth import Principal, add_token_validator, parse_authorization, require_principal
 from plmserve.errors import (
     AuthenticationError,
     ConflictError,
@@ -99,11 +100,19 @@ def _store(request: Request) -> JobStore:
     return get_service(request.app).store
 
 
-def owner_of(principal: Principal) -> str:
-    """The owner string of the caller's jobs: ``user:<name>`` for users, else the key/local name."""
+def owner_of(principal: Principal, token: str | None = None) -> str:
+    """The owner string of the caller's jobs: ``user:<name>`` for users, ``key:<sha256 of the
+    key, 16 hex>`` for API keys (two keys never share jobs), ``local`` without authentication."""
     if principal.kind == "user":
         return user_owner(principal.name)
+    if principal.kind == "key" and token:
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return principal.name
+
+
+def caller_owner(request: Request, principal: Principal = Depends(require_principal)) -> str:
+    """FastAPI dependency: the authenticated caller's owner string (see :func:`owner_of`)."""
+    return owner_of(principal, parse_authorization(request.headers.get("authorization")))
 
 
 def _user_token_validator(request: Request, token: str) -> Principal | None:
@@ -241,7 +250,7 @@ async def login(request: Request, username: str | None = Query(None), password: 
 @router.get("/jobs")
 def list_jobs(
     request: Request,
-    principal: Principal = Depends(require_principal),
+    owner: str = Depends(caller_owner),
     status: str | None = Query(None),
     job_type: str | None = Query(None),
     assay_id: str | None = Query(None),
@@ -252,40 +261,39 @@ def list_jobs(
 ):
     """The caller's jobs, newest first (filters: status, job_type, more_recent_than)."""
     jobs = _store(request).list_jobs(
-        owner_of(principal), status=status.upper() if status else None, job_type=job_type,
+        owner, status=status.upper() if status else None, job_type=job_type,
         more_recent_than=more_recent_than, limit=page_size or limit or 1000, offset=page_offset,
     )
     return [job_wire(j) for j in jobs]
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, request: Request, principal: Principal = Depends(require_principal)):
+def get_job(job_id: str, request: Request, owner: str = Depends(caller_owner)):
     """One of the caller's jobs (404 for unknown or foreign ids)."""
-    return job_wire(_store(request).get_job(job_id, owner_of(principal)))
+    return job_wire(_store(request).get_job(job_id, owner))
 
 
 @router.get("/jobs/{job_id}/args")
-def get_job_args(job_id: str, request: Request, principal: Principal = Depends(require_principal)):
+def get_job_args(job_id: str, request: Request, owner: str = Depends(caller_owner)):
     """The job's registered arguments (``{"root_msa", "parent_id", ...}``)."""
-    job = _store(request).get_job(job_id, owner_of(principal))
+    job = _store(request).get_job(job_id, owner)
     args = dict(job.args)
     args.setdefault("parent_id", job.parent_id)
     return args
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request, principal: Principal = Depends(require_principal)):
+def cancel_job(job_id: str, request: Request, owner: str = Depends(caller_owner)):
     """Cancel a PENDING or RUNNING job (409 when it is already done)."""
-    return job_wire(get_service(request.app).cancel(job_id, owner_of(principal)))
+    return job_wire(get_service(request.app).cancel(job_id, owner))
 
 
 # ----- align
 async def post_msa(request: Request, is_seed: bool = Query(True),
-                   principal: Principal = Depends(require_principal)):
+                   owner: str = Depends(caller_owner)):
     """Create an MSA by homology search from a seed (``is_seed=True``, only the first sequence
     is used) or upload an aligned MSA (``is_seed=False``; a3m, aligned FASTA, Stockholm, CSV)."""
     raw = await _form_file(request, "msa_file")
-    owner = owner_of(principal)
     svc = get_service(request.app)
     job_id = str(uuid.uuid4())
     if is_seed:
@@ -313,12 +321,12 @@ async def post_msa(request: Request, is_seed: bool = Query(True),
 
 
 def get_inputs(request: Request, job_id: str = Query(...), msa_type: MSAType = Query(MSAType.GENERATED),
-               replicate: int | None = Query(None), principal: Principal = Depends(require_principal)):
+               replicate: int | None = Query(None), owner: str = Depends(caller_owner)):
     """Headerless ``name,sequence`` CSV of the seed/upload (RAW), the MSA (GENERATED: query first,
     match columns, ``-`` gaps) or the prompt (PROMPT: ``replicate`` 1-based; omitted = every
     replicate, blocks separated by ``<END_PROMPT>`` lines). Any job of the lineage works."""
     store = _store(request)
-    job = store.get_job(job_id, owner_of(principal))
+    job = store.get_job(job_id, owner)
     if msa_type in (MSAType.RAW, MSAType.GENERATED):
         msa_job = _msa_job_of(store, job)
         if msa_job is None:
@@ -362,7 +370,7 @@ def post_prompt(
     force_include_first: bool = Query(False),
     replicates: int = Query(1, ge=1, le=15),
     seed: int | None = Query(None, ge=1, le=4294967295),
-    principal: Principal = Depends(require_principal),
+    owner: str = Depends(caller_owner),
 ):
     """Sample ``replicates`` prompts from an MSA (it may still be running: the prompt job then
     waits for it). Exactly one of ``max_msa_sequences`` / ``max_msa_tokens`` (default: 12288
@@ -379,7 +387,6 @@ def post_prompt(
         raise InvalidParameterError(
             f"min_similarity ({min_similarity}) must not exceed max_similarity ({max_similarity})")
     svc = get_service(request.app)
-    owner = owner_of(principal)
     msa_job = svc.store.get_job(msa_id, owner)
     if msa_job.job_type == pj.JOB_PROMPT and msa_job.args.get("root_msa"):
         msa_job = svc.store.get_job(msa_job.args["root_msa"], owner)
@@ -401,7 +408,7 @@ def post_prompt(
     return job_wire(job)
 
 
-async def post_upload_prompt(request: Request, principal: Principal = Depends(require_principal)):
+async def post_upload_prompt(request: Request, owner: str = Depends(caller_owner)):
     """Upload a ready-made prompt: FASTA or CSV blocks, one per replicate, separated by
     ``<END_PROMPT>`` lines; used as is (no sampling)."""
     raw = await _form_file(request, "prompt_file")
@@ -409,7 +416,7 @@ async def post_upload_prompt(request: Request, principal: Principal = Depends(re
     svc = get_service(request.app)
     args = {"root_msa": None, "parent_id": None, "msa_method": "CUSTOM", "replicates": len(replicates)}
     job = await run_in_threadpool(
-        lambda: svc.store.create_job(pj.JOB_PROMPT, owner_of(principal), args, status=SUCCESS,
+        lambda: svc.store.create_job(pj.JOB_PROMPT, owner, args, status=SUCCESS,
                                      num_records=len(replicates),
                                      artifacts={pj.ART_RAW: raw, pj.ART_PROMPT: pj.prompt_json(replicates)}))
     return job_wire(job)
@@ -418,14 +425,13 @@ async def post_upload_prompt(request: Request, principal: Principal = Depends(re
 # ----- poet
 @router.post("/poet/score")
 async def post_score(request: Request, prompt_id: str = Query(...),
-                     principal: Principal = Depends(require_principal)):
+                     owner: str = Depends(caller_owner)):
     """Score the sequences of ``variant_file`` (FASTA or 1/2-column CSV) under every replicate of
     the prompt. Unnamed sequences are named ``sequence-NN`` (zero-padded)."""
     raw = await _form_file(request, "variant_file")
     variants = pj.parse_sequence_list(raw, source="variant_file", default_name=None)
     names = pj.score_names(len(variants))
     rows = [[n if n is not None else names[i], s] for i, (n, s) in enumerate(variants)]
-    owner = owner_of(principal)
 
     def submit():
         svc = get_service(request.app)
@@ -440,24 +446,23 @@ async def post_score(request: Request, prompt_id: str = Query(...),
 
 @router.get("/poet/score")
 def get_score(request: Request, job_id: str = Query(...), page_size: int = Query(10000, ge=1, le=POET_MAX_PAGE_SIZE),
-              page_offset: int = Query(0, ge=0), principal: Principal = Depends(require_principal)):
+              page_offset: int = Query(0, ge=0), owner: str = Depends(caller_owner)):
     """Paged score results: ``{..job.., page_size, page_offset, num_rows, result: [{sequence,
     score: [per replicate], name}]}`` in input order. 409 until the job succeeded."""
     store = _store(request)
-    job = _poet_job(store, job_id, owner_of(principal), {pj.JOB_SCORE, pj.JOB_SCORE_NEW})
+    job = _poet_job(store, job_id, owner, {pj.JOB_SCORE, pj.JOB_SCORE_NEW})
     return _results_envelope(store, job, page_size, page_offset)
 
 
 @router.post("/poet/single_site")
 def post_single_site(request: Request, variant: str = Query(...), prompt_id: str | None = Query(None),
-                     parent_id: str | None = Query(None), principal: Principal = Depends(require_principal)):
+                     parent_id: str | None = Query(None), owner: str = Depends(caller_owner)):
     """Score every single substitution of ``variant`` (the full parent sequence) with the prompt
     ``prompt_id``, or with the prompt of the PoET job ``parent_id`` (exactly one of the two)."""
     if (prompt_id is None) == (parent_id is None):
         raise InvalidParameterError("Either parent_id or prompt_id must be set.")
     seq = pj.check_sequence(variant, what="variant")
     svc = get_service(request.app)
-    owner = owner_of(principal)
     if parent_id is not None:
         parent = _poet_job(svc.store, parent_id, owner, pj.POET_JOB_TYPES)
         prompt_id = parent.args["prompt_id"]
@@ -473,11 +478,11 @@ def post_single_site(request: Request, variant: str = Query(...), prompt_id: str
 @router.get("/poet/single_site")
 def get_single_site(request: Request, job_id: str = Query(...),
                     page_size: int = Query(10000, ge=1, le=POET_MAX_PAGE_SIZE),
-                    page_offset: int = Query(0, ge=0), principal: Principal = Depends(require_principal)):
+                    page_offset: int = Query(0, ge=0), owner: str = Depends(caller_owner)):
     """Paged single-site results: the wild type (``X0X``) first, then ``A1R, A1N, ...``
     (``sequence`` holds the mutation code, ``name`` is null). 409 until the job succeeded."""
     store = _store(request)
-    job = _poet_job(store, job_id, owner_of(principal), {pj.JOB_SINGLE_SITE})
+    job = _poet_job(store, job_id, owner, {pj.JOB_SINGLE_SITE})
     return _results_envelope(store, job, page_size, page_offset)
 
 
@@ -491,12 +496,11 @@ def post_generate(
     topp: float | None = Query(None, ge=0.0, le=1.0),
     maxlen: int = Query(5000, ge=5, le=10000),
     seed: int | None = Query(None, ge=0, le=4294967295),
-    principal: Principal = Depends(require_principal),
+    owner: str = Depends(caller_owner),
 ):
     """Generate ``generate_n`` sequences from the prompt (same ``seed`` and parameters give the
     same sequences); each is scored under every replicate."""
     svc = get_service(request.app)
-    owner = owner_of(principal)
     prompt = _resolve_prompt_job(svc.store, prompt_id, owner)
     if seed is None:
         seed = random.randrange(2**32)
@@ -510,14 +514,14 @@ def post_generate(
 @router.get("/poet/generate")
 def get_generate(request: Request, job_id: str | None = Query(None), parent_id: str | None = Query(None),
                  page_size: int = Query(POET_MAX_PAGE_SIZE, ge=1, le=POET_MAX_PAGE_SIZE),
-                 page_offset: int = Query(0, ge=0), principal: Principal = Depends(require_principal)):
+                 page_offset: int = Query(0, ge=0), owner: str = Depends(caller_owner)):
     """Generated sequences as headerless CSV rows ``name,sequence,score_1,...,score_N``
     (``generated-sequence-1`` ..). 409 until the job succeeded."""
     jid = job_id or parent_id
     if jid is None:
         raise MissingParameterError("job_id is required")
     store = _store(request)
-    job = _poet_job(store, jid, owner_of(principal), {pj.JOB_GENERATE})
+    job = _poet_job(store, jid, owner, {pj.JOB_GENERATE})
     rows = _page(pj.read_result(store, job), page_size, page_offset)
     return _csv_response([[r["name"], r["sequence"], *[repr(float(x)) for x in r["score"]]] for r in rows], job)
 

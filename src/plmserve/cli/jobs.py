@@ -6,6 +6,7 @@ the SQLite file in ``PLMSERVE_DATA_DIR``), so run them where the server runs::
     plmserve users add alice                 # asks for the password twice
     plmserve users add bob --password-stdin < pw.txt
     plmserve users list
+    plmserve users passwd alice              # new password; the user's tokens are revoked
     plmserve jobs list --user alice --status RUNNING
     plmserve jobs show 3f2c...               # JSON: status, progress, failure message, args
     plmserve jobs cancel 3f2c...             # a running job stops at its next progress report
@@ -31,7 +32,7 @@ users_app = typer.Typer(help="Job-service users (log in with the SDK or v1/login
                         no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs of the job service (MSA, prompt, PoET score/single-site/generate).",
                        no_args_is_help=True)
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=220)  # ids stay whole in pipes and logs
 
 _DB = typer.Option(None, "--database-url", help="SQLAlchemy URL of the job database [env PLMSERVE_DATABASE_URL]")
 _DATA = typer.Option(None, "--data-dir", help="data directory holding plmserve.db [env PLMSERVE_DATA_DIR]")
@@ -68,8 +69,8 @@ def remote_session(server: str, username: str | None, password: str | None, api_
 
 def _job_row(job: dict) -> list[str]:
     progress = "" if job.get("progress_counter") is None else f"{job['progress_counter']}%"
-    return [job["job_id"], job["job_type"], job["status"], progress, (job.get("created_date") or "")[:19],
-            job.get("owner", ""), (job.get("failure_message") or "")[:60]]
+    return [job["job_type"], job["status"], progress, (job.get("created_date") or "")[:19].replace("T", " "),
+            job.get("owner", ""), (job.get("failure_message") or "")[:80], job["job_id"]]
 
 
 def register(app: typer.Typer) -> None:
@@ -95,6 +96,27 @@ def register(app: typer.Typer) -> None:
         finally:
             store.close()
         console.print(f"user '{user.name}' created", highlight=False)
+
+    @users_app.command("passwd")
+    @cli_errors
+    def users_passwd(
+        name: str = typer.Argument(..., help="user name"),
+        password: Optional[str] = typer.Option(None, "--password", help="the new password (prompted when omitted)"),
+        password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from stdin"),
+        database_url: Optional[str] = _DB,
+        data_dir: Optional[Path] = _DATA,
+    ) -> None:
+        """Set a user's password (the user's access tokens are revoked)."""
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif password is None:
+            password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+        store = open_store(database_url, data_dir)
+        try:
+            store.set_password(name, password)
+        finally:
+            store.close()
+        console.print(f"password of '{name}' changed; its tokens were revoked", highlight=False)
 
     @users_app.command("list")
     @cli_errors
@@ -143,7 +165,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(jobs, indent=1))
             return
-        table = Table("job_id", "type", "status", "progress", "created (UTC)", "owner", "failure")
+        table = Table("type", "status", "progress", "created (UTC)", "owner", "failure")
+        table.columns[5].overflow = "fold"
+        table.add_column("job_id", no_wrap=True, min_width=36)
         for j in jobs:
             table.add_row(*_job_row(j))
         out.print(table)
