@@ -31,6 +31,21 @@ Replicates = list[list[tuple[str, str]]]
 
 _MODEL_HELP = "model name (registry slug or alias)"
 _CKPT_HELP = "weights file (official poet.ckpt or .safetensors); overrides --model"
+_SERVER = typer.Option(None, "--server", help="compute on a running plmserve server (http://host:port) instead of locally")
+_SERVER_USER = typer.Option(None, "--username", "-u", envvar="PLMSERVE_USERNAME", help="user for --server [env PLMSERVE_USERNAME]")
+_SERVER_PASSWORD = typer.Option(None, "--password", envvar="PLMSERVE_PASSWORD", help="password for --server [env PLMSERVE_PASSWORD]")
+_SERVER_KEY = typer.Option(None, "--api-key", envvar="PLMSERVE_API_KEY", help="API key for --server [env PLMSERVE_API_KEY]")
+
+
+def _engine_or_server(server, username, password, api_key, *local_args):
+    """The local engine (:func:`load_model` with ``local_args``), or with ``--server`` a
+    :class:`plmserve.client.remote.RemoteEngine` that submits jobs to that server."""
+    if not server:
+        return load_model(*local_args)
+    from plmserve.cli.jobs import remote_session
+    from plmserve.client.remote import RemoteEngine
+
+    return RemoteEngine(remote_session(server, username, password, api_key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +286,17 @@ def score_cmd(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    server: Optional[str] = _SERVER,
+    username: Optional[str] = _SERVER_USER,
+    password: Optional[str] = _SERVER_PASSWORD,
+    api_key: Optional[str] = _SERVER_KEY,
 ) -> None:
     """Log-likelihood of each variant given the prompt (one score column per replicate)."""
     seqs = read_sequences(variants)
     reps = load_prompt(prompt, msa, num_residues=num_residues, num_sequences=num_sequences, replicates=replicates,
                        seed=seed, max_similarity=max_similarity, min_similarity=min_similarity,
                        homology_level=homology_level, method=method, include_seed=include_seed)
-    engine = load_model(model, checkpoint, load_format, model_dir, device, dtype)
+    engine = _engine_or_server(server, username, password, api_key, model, checkpoint, load_format, model_dir, device, dtype)
     header, rows = _run_with_bar(
         "score", lambda report: score_local(engine, reps, seqs, reverse=not no_reverse, on_progress=report)
     )
@@ -309,13 +328,17 @@ def single_site_cmd(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    server: Optional[str] = _SERVER,
+    username: Optional[str] = _SERVER_USER,
+    password: Optional[str] = _SERVER_PASSWORD,
+    api_key: Optional[str] = _SERVER_KEY,
 ) -> None:
     """Score the wild type and all 19·L single substitutions (absolute log-likelihoods)."""
     wt = _read_wild_type(sequence, sequence_file)
     reps = load_prompt(prompt, msa, num_residues=num_residues, num_sequences=num_sequences, replicates=replicates,
                        seed=seed, max_similarity=max_similarity, min_similarity=min_similarity,
                        homology_level=homology_level, method=method, include_seed=include_seed)
-    engine = load_model(model, checkpoint, load_format, model_dir, device, dtype)
+    engine = _engine_or_server(server, username, password, api_key, model, checkpoint, load_format, model_dir, device, dtype)
     header, rows = _run_with_bar(
         "single-site", lambda report: single_site_local(engine, reps, wt, reverse=not no_reverse, on_progress=report)
     )
@@ -351,12 +374,16 @@ def generate_cmd(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    server: Optional[str] = _SERVER,
+    username: Optional[str] = _SERVER_USER,
+    password: Optional[str] = _SERVER_PASSWORD,
+    api_key: Optional[str] = _SERVER_KEY,
 ) -> None:
     """Sample new sequences given the prompt, with their log-likelihood under each replicate."""
     reps = load_prompt(prompt, msa, num_residues=num_residues, num_sequences=num_sequences, replicates=replicates,
                        seed=seed, max_similarity=max_similarity, min_similarity=min_similarity,
                        homology_level=homology_level, method=method, include_seed=include_seed)
-    engine = load_model(model, checkpoint, load_format, model_dir, device, dtype)
+    engine = _engine_or_server(server, username, password, api_key, model, checkpoint, load_format, model_dir, device, dtype)
     header, rows = _run_with_bar(
         "generate",
         lambda report: generate_local(engine, reps, n, temperature=temperature, top_k=top_k, top_p=top_p,
