@@ -12,8 +12,10 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def fake_uvicorn(monkeypatch):
+def fake_uvicorn(monkeypatch, tmp_path):
     calls = []
+    monkeypatch.setenv("PLMSERVE_DATA_DIR", str(tmp_path / "data"))  # an empty job store: no users
+    monkeypatch.delenv("PLMSERVE_DATABASE_URL", raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda application, **kw: calls.append((application, kw)))
     for var in ("PLMSERVE_API_KEYS", "PLMSERVE_NO_AUTH", "PLMSERVE_HOST", "PLMSERVE_PORT", "PLMSERVE_LOAD_FORMAT"):
         monkeypatch.delenv(var, raising=False)
@@ -38,6 +40,17 @@ def test_no_keys_refused_with_explanation(fake_uvicorn):
     line = _one_line_error(runner.invoke(app, ["serve"]))
     assert "PLMSERVE_API_KEYS" in line and "--no-auth" in line
     assert fake_uvicorn == []
+
+
+def test_job_service_users_are_enough_without_api_keys(fake_uvicorn, tmp_path):
+    from plmserve.jobs.store import JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}")
+    store.add_user("alice", "alice-password")
+    store.close()
+    r = runner.invoke(app, ["serve"])
+    assert r.exit_code == 0, r.output
+    assert fake_uvicorn and fake_uvicorn[0][0].state.settings.api_keys == []
 
 
 def test_bad_load_format(fake_uvicorn):

@@ -39,10 +39,11 @@ def is_loopback(host: str) -> bool:
     return host.strip().strip("[]").lower() in LOOPBACK_HOSTS
 
 
-def check_auth_config(settings) -> None:
+def check_auth_config(settings, *, has_users: bool = False) -> None:
     """Refuse a server configuration that would expose models without credentials.
 
-    Rules: ``no_auth`` only with a loopback ``host``; otherwise at least one API key.
+    Rules: ``no_auth`` only with a loopback ``host``; otherwise at least one API key, or at least
+    one job-service user (``plmserve users add NAME``; ``has_users``) who logs in for a token.
 
     Raises:
         InvalidParameterError: the message says which rule was broken and how to fix it
@@ -58,10 +59,11 @@ def check_auth_config(settings) -> None:
                 "instead (--api-key KEY or PLMSERVE_API_KEYS='[\"KEY\"]')"
             )
         return
-    if not settings.api_keys:
+    if not settings.api_keys and not has_users:
         raise InvalidParameterError(
-            "no API keys configured: set PLMSERVE_API_KEYS='[\"KEY\"]' (or pass --api-key KEY) and send "
-            "'Authorization: Token KEY', or pass --no-auth to serve without credentials on 127.0.0.1 only"
+            "no API keys and no users configured: set PLMSERVE_API_KEYS='[\"KEY\"]' (or pass --api-key KEY) "
+            "and send 'Authorization: Token KEY', or create a user with 'plmserve users add NAME', or pass "
+            "--no-auth to serve without credentials on 127.0.0.1 only"
         )
 
 

@@ -28,8 +28,8 @@ def build_settings(
     """Settings from the environment with the given flags on top, checked for safe auth.
 
     Raises:
-        InvalidParameterError: ``--no-auth`` on a non-loopback host, or no API key and no
-            ``--no-auth`` (see :func:`plmserve.api.auth.check_auth_config`).
+        InvalidParameterError: ``--no-auth`` on a non-loopback host, or no API key, no
+            job-service user and no ``--no-auth`` (see :func:`plmserve.api.auth.check_auth_config`).
     """
     from plmserve.api.auth import check_auth_config
     from plmserve.settings import get_settings
@@ -42,8 +42,25 @@ def build_settings(
         api_keys=list(api_keys) if api_keys else None,
         model_dir=model_dir,
     )
-    check_auth_config(settings)
+    check_auth_config(settings, has_users=bool(not settings.no_auth and not settings.api_keys and _has_users(settings)))
     return settings
+
+
+def _has_users(settings) -> bool:
+    """Whether the job store (``PLMSERVE_DATABASE_URL`` / the data directory) has any user.
+
+    A store that does not exist yet has none; it is not created here.
+    """
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return False
+    from plmserve.jobs.store import JobStore
+
+    store = JobStore(url)
+    try:
+        return bool(store.list_users())
+    finally:
+        store.close()
 
 
 def log_config() -> dict:
