@@ -6,7 +6,7 @@ The SDK lives in its own virtual environment (it pins old dependencies); point
     python -m venv /tmp/opvenv && /tmp/opvenv/bin/pip install openprotein-python==0.2.2
     PLMSERVE_OPENPROTEIN_SDK_PYTHON=/tmp/opvenv/bin/python pytest tests/client/test_official_sdk.py
 
-Without it the test is skipped (CI has no network access to install the SDK).
+Without it the test is skipped; CI installs the SDK with ``.ci/sdk_venvs.sh`` and sets the variable.
 """
 
 from __future__ import annotations

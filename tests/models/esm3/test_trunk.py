@@ -97,6 +97,21 @@ def test_output_shapes_and_dtypes():
         out.logits("coords")
 
 
+def test_heads_subset_computes_only_the_requested_heads():
+    model = tiny_model()
+    kw = wire_to_forward_kwargs(case("c")["inputs"])
+    full = model.logits(**kw)
+    part = model.logits(**kw, heads=("sequence", "function"))
+    torch.testing.assert_close(part.sequence_logits, full.sequence_logits, rtol=0, atol=0)
+    torch.testing.assert_close(part.function_logits, full.function_logits, rtol=0, atol=0)
+    torch.testing.assert_close(part.embeddings, full.embeddings, rtol=0, atol=0)
+    assert part.structure_logits is None and part.residue_logits is None and part.sasa_logits is None
+    with pytest.raises(InvalidInputError, match="not computed"):
+        part.logits("structure")
+    with pytest.raises(InvalidInputError, match="unknown track"):
+        model.logits(**kw, heads=("coords",))
+
+
 def test_hidden_states_last_equals_embeddings():
     out = tiny_model().logits(**wire_to_forward_kwargs(case("a")["inputs"]), return_hidden_states=True)
     assert len(out.hidden_states) == 2

@@ -46,6 +46,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -113,14 +114,16 @@ class ESM3Output:
         residue_logits: [B, L, 1478], independent (multi-hot) logits per residue annotation.
         embeddings: [B, L, d], the **pre**-final-LayerNorm last hidden state (official semantics).
         hidden_states: the residual stream after each block ([B, L, d] each), only when requested.
+
+    A logits field is ``None`` when ``forward(heads=...)`` did not ask for its track.
     """
 
-    sequence_logits: torch.Tensor
-    structure_logits: torch.Tensor
-    secondary_structure_logits: torch.Tensor
-    sasa_logits: torch.Tensor
-    function_logits: torch.Tensor
-    residue_logits: torch.Tensor
+    sequence_logits: torch.Tensor | None
+    structure_logits: torch.Tensor | None
+    secondary_structure_logits: torch.Tensor | None
+    sasa_logits: torch.Tensor | None
+    function_logits: torch.Tensor | None
+    residue_logits: torch.Tensor | None
     embeddings: torch.Tensor
     hidden_states: list[torch.Tensor] | None = None
 
@@ -128,11 +131,14 @@ class ESM3Output:
         """Logits of a track by its wire name (``sequence``, ``structure``, ``secondary_structure``,
         ``sasa``, ``function``, ``residue_annotation``)."""
         try:
-            return getattr(self, C.TRACK_LOGITS_FIELD[track])
+            value = getattr(self, C.TRACK_LOGITS_FIELD[track])
         except KeyError:
             raise InvalidInputError(
                 f"unknown track '{track}'; known tracks: {', '.join(C.TRACK_LOGITS_FIELD)}"
             ) from None
+        if value is None:
+            raise InvalidInputError(f"the '{track}' head was not computed (forward(heads=...) left it out)")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,16 +303,34 @@ class OutputHeads(nn.Module):
         self.function_head = regression_head(d_model, C.FUNCTION_HEAD_SIZE)
         self.residue_head = regression_head(d_model, residue_annotation_vocab_size)
 
-    def forward(self, x: torch.Tensor, embeddings: torch.Tensor) -> ESM3Output:
-        function_logits = self.function_head(x)
-        function_logits = function_logits.reshape(*function_logits.shape[:-1], C.FUNCTION_DEPTH, C.FUNCTION_VOCAB_SIZE)
+    def forward(
+        self, x: torch.Tensor, embeddings: torch.Tensor, heads: Sequence[str] | None = None
+    ) -> ESM3Output:
+        """All six heads, or only those of the tracks named in ``heads`` (wire names); the
+        fields of the heads not computed are ``None``."""
+        if heads is not None:
+            unknown = [h for h in heads if h not in C.TRACK_LOGITS_FIELD]
+            if unknown:
+                raise InvalidInputError(
+                    f"unknown track '{unknown[0]}'; known tracks: {', '.join(C.TRACK_LOGITS_FIELD)}"
+                )
+        wanted = set(C.TRACK_LOGITS_FIELD) if heads is None else set(heads)
+
+        def run(track: str, head: nn.Module) -> torch.Tensor | None:
+            return head(x).float() if track in wanted else None
+
+        function_logits = run(C.TRACK_FUNCTION, self.function_head)
+        if function_logits is not None:
+            function_logits = function_logits.reshape(
+                *function_logits.shape[:-1], C.FUNCTION_DEPTH, C.FUNCTION_VOCAB_SIZE
+            )
         return ESM3Output(
-            sequence_logits=self.sequence_head(x).float(),
-            structure_logits=self.structure_head(x).float(),
-            secondary_structure_logits=self.ss8_head(x).float(),
-            sasa_logits=self.sasa_head(x).float(),
-            function_logits=function_logits.float(),
-            residue_logits=self.residue_head(x).float(),
+            sequence_logits=run(C.TRACK_SEQUENCE, self.sequence_head),
+            structure_logits=run(C.TRACK_STRUCTURE, self.structure_head),
+            secondary_structure_logits=run(C.TRACK_SECONDARY_STRUCTURE, self.ss8_head),
+            sasa_logits=run(C.TRACK_SASA, self.sasa_head),
+            function_logits=function_logits,
+            residue_logits=run(C.TRACK_RESIDUE_ANNOTATION, self.residue_head),
             embeddings=embeddings.float(),
         )
 
@@ -486,6 +510,7 @@ class ESM3(nn.Module):
         sequence_id: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_hidden_states: bool = False,
+        heads: Sequence[str] | None = None,
     ) -> ESM3Output:
         """One forward pass over all tracks (see the module docstring for shapes and defaults).
 
@@ -498,6 +523,8 @@ class ESM3(nn.Module):
             attention_mask: [B, L] bool, True = real token. Padding keys are hidden from every
                 attention (and get no frame); padded positions' outputs are meaningless.
             return_hidden_states: also return the residual stream after every block.
+            heads: compute only the output heads of these tracks (wire names, e.g.
+                ``("sequence",)``); the other logits fields are ``None``. Default: all six.
 
         Returns:
             :class:`ESM3Output` (float32).
@@ -590,7 +617,7 @@ class ESM3(nn.Module):
             y, embeddings, hiddens = self.transformer(
                 x, attn_mask, (rot, trans, has_frame), seq_id_b, chain_b, return_hidden_states
             )
-            out = self.output_heads(y, embeddings)
+            out = self.output_heads(y, embeddings, heads)
         if return_hidden_states:
             out.hidden_states = [h.float() for h in hiddens]
         return out
