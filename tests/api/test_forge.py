@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from plmserve.api.app import create_app
@@ -23,12 +22,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 FIXTURES = shared_path("fixtures", "esm3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from tests.models.esm3.test_generate_fixtures import load_fixture_model
 from tests.models.esm3.test_sampler import FakeTrunk, masked_sequence
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

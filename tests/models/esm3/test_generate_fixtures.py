@@ -17,13 +17,7 @@ from tests.conftest import shared_path
 FIXTURES = shared_path("fixtures", "esm3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops thrash with 2 OpenMP threads on a busy 2-core machine; results are unchanged."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_fixture_model():

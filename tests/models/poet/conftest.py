@@ -4,12 +4,9 @@ threads on a busy machine spin-wait and slow tiny matmuls down by orders of magn
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every PoET test module runs with one torch thread (see ``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(before)
