@@ -142,6 +142,54 @@ def register(spec: ModelSpec) -> None:
         _BY_NAME[name.lower()] = spec
 
 
+def estimated_bytes(spec: ModelSpec) -> int | None:
+    """Rough fp32 size of a model's weights from its registry config (transformer layers only:
+    ``12 * layers * width**2`` parameters x 4 bytes), or None when the config does not say."""
+    layers, width = spec.config.get("num_layers"), spec.config.get("embed_dim")
+    if not layers or not width:
+        return None
+    return 4 * 12 * int(layers) * int(width) ** 2
+
+
+def _available_memory_bytes() -> int | None:
+    """``MemAvailable`` from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(spec: ModelSpec, settings: Any) -> None:
+    """Refuse to build a model on the CPU that cannot fit in the memory available now, instead of
+    letting the operating system kill the server half-way (e.g. ``esm2-15b`` needs ~60 GB fp32).
+
+    Raises:
+        ModelLoadError: the estimate (:func:`estimated_bytes`) exceeds the available memory.
+    """
+    device = str(getattr(settings, "device", "auto"))
+    if device.startswith("cuda"):
+        return
+    if device == "auto":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return
+        except Exception:  # pragma: no cover - torch always importable here
+            pass
+    need, have = estimated_bytes(spec), _available_memory_bytes()
+    if need is None or have is None or need <= have:
+        return
+    raise ModelLoadError(
+        f"model '{spec.slug}' needs about {need / 2**30:.1f} GiB of memory for its fp32 weights, but only "
+        f"{have / 2**30:.1f} GiB is available on this machine; use a smaller model or a GPU"
+    )
+
+
 class ModelManager:
     """Loads models lazily on first use and keeps them resident (one instance per slug).
 
@@ -173,6 +221,7 @@ class ModelManager:
             if spec.slug in self._models:
                 return self._models[spec.slug]
             family_mod = importlib.import_module(f"plmserve.models.{spec.family}")
+            check_memory(spec, self.settings)
             try:
                 model = family_mod.load(spec, self.settings)
             except PlmserveError:
