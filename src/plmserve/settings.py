@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     workers: int = 1
 
     def resolved_database_url(self) -> str:
+        """``database_url``, or the SQLite file ``<data_dir>/plmserve.db`` when it is not set."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir) / 'plmserve.db'}"

@@ -225,4 +225,5 @@ class StreamingAsyncJobFuture(AsyncJobFuture):
         raise NotImplementedError
 
     def get(self, verbose: bool = False) -> list:
+        """The whole result as a list (the items of :meth:`stream`)."""
         return list(self.stream())

@@ -177,6 +177,7 @@ class MSAFuture(PoetFutureMixin, AsyncJobFuture):
         return self._msa_id
 
     def get(self, verbose: bool = False):
+        """CSV reader of the MSA rows (``[name, aligned sequence]``, query first); ``wait()`` waits for the job first."""
         return self.get_msa()
 
     def sample_prompt(
@@ -235,6 +236,7 @@ class PromptFuture(MSAFuture):
         self._msa_id = msa_id
 
     def get(self, verbose: bool = False):
+        """CSV reader of every replicate's prompt rows (``<END_PROMPT>`` rows between replicates); ``wait()`` waits first."""
         return self.get_prompt()
 
 

@@ -95,18 +95,22 @@ class Executor(ABC):
 
     @abstractmethod
     def start(self) -> None:
+        """Start the worker threads, then re-queue the unfinished jobs of the store: PENDING ones again, RUNNING ones from the start."""
         """Start working; re-queue jobs left PENDING or RUNNING by a previous process."""
 
     @abstractmethod
     def stop(self, wait: bool = True) -> None:
+        """Stop the workers; running jobs are interrupted and set back to PENDING so they re-run on the next start."""
         """Stop taking jobs (running ones finish when ``wait``; unfinished ones stay queued in the store)."""
 
     @abstractmethod
     def submit(self, job_id: str) -> None:
+        """Queue a stored job; a job with an unfinished prerequisite starts once that job succeeds."""
         """Queue a PENDING job (it waits for its prerequisite job, if any, to succeed)."""
 
     @abstractmethod
     def cancel(self, job_id: str) -> None:
+        """Cancel a job: a queued job never starts, a running one stops at its next progress report."""
         """Tell a running job to stop (the store already says CANCELED)."""
 
     def wait_idle(self, timeout: float | None = None) -> bool:  # pragma: no cover - optional

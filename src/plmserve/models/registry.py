@@ -205,6 +205,7 @@ class ModelManager:
         self._guard = threading.Lock()
 
     def loaded(self) -> list[str]:
+        """Slugs of the models loaded so far."""
         return list(self._models)
 
     def put(self, slug: str, model: Any) -> None:
@@ -212,6 +213,11 @@ class ModelManager:
         self._models[slug] = model
 
     def get(self, name: str, family: str | None = None) -> Any:
+        """The model named ``name`` (slug or alias), loaded on first use and then kept resident.
+
+        Raises:
+            ModelNotFoundError: unknown name (404); WeightsNotFoundError / ModelLoadError (503).
+        """
         spec = get_spec(name, family)
         if spec.slug in self._models:
             return self._models[spec.slug]
