@@ -73,6 +73,15 @@ def _job_row(job: dict) -> list[str]:
             job.get("owner", ""), (job.get("failure_message") or "")[:80], job["job_id"]]
 
 
+def _read_password(password: str | None, from_stdin: bool, label: str) -> str:
+    """``--password``, else one line of stdin (``--password-stdin``), else a hidden prompt asked twice."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if password is None:
+        return typer.prompt(label, hide_input=True, confirmation_prompt=True)
+    return password
+
+
 def register(app: typer.Typer) -> None:
     """Add ``users`` and ``jobs`` to the root CLI."""
 
@@ -86,10 +95,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[Path] = _DATA,
     ) -> None:
         """Create a user who can log in and own jobs."""
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        elif password is None:
-            password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        password = _read_password(password, password_stdin, "password")
         store = open_store(database_url, data_dir)
         try:
             user = store.add_user(name, password)
@@ -107,10 +113,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[Path] = _DATA,
     ) -> None:
         """Set a user's password (the user's access tokens are revoked)."""
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        elif password is None:
-            password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+        password = _read_password(password, password_stdin, "new password")
         store = open_store(database_url, data_dir)
         try:
             store.set_password(name, password)

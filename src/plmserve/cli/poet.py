@@ -261,31 +261,48 @@ poet_app = typer.Typer(help="PoET: score variants, single-site scans and generat
 
 _PROMPT = typer.Option(None, "--prompt", help="prompt file: FASTA/CSV blocks separated by <END_PROMPT> lines")
 _MSA = typer.Option(None, "--msa", help="MSA (a3m, aligned FASTA, Stockholm, CSV) to sample the prompt from")
+# options shared by the score / single-site / generate / ensemble-score commands
+_MODEL_DIR = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]")
+_MODEL = typer.Option("poet", "-m", "--model", help=_MODEL_HELP)
+_LOAD_FORMAT = typer.Option(None, "--load-format", help="auto | dummy (random weights)")
+_DTYPE = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16")
+_DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda[:N]")
+_CHECKPOINT = typer.Option(None, "--checkpoint", help=_CKPT_HELP)
+_PROMPT_SEED = typer.Option(None, "--seed", help="prompt sampling seed")
+_REPLICATES = typer.Option(1, "--replicates", help="number of prompts sampled (ensemble)")
+_NUM_SEQUENCES = typer.Option(None, "--num-sequences", help="prompt size in sequences")
+_NUM_RESIDUES = typer.Option(None, "--num-residues", help="prompt token budget (default 12288)")
+_MIN_SIMILARITY = typer.Option(0.0, "--min-similarity")
+_METHOD = typer.Option(None, "--method", help="MSA sampling method")
+_MAX_SIMILARITY = typer.Option(1.0, "--max-similarity")
+_INCLUDE_SEED = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt")
+_HOMOLOGY_LEVEL = typer.Option(0.8, "--homology-level")
+_VARIANTS = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV")
 
 
 @poet_app.command("score")
 @cli_errors
 def score_cmd(
-    variants: Path = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV"),
+    variants: Path = _VARIANTS,
     output: Path = typer.Option(..., "-o", "--output", help="output CSV: name,sequence,score_1..score_N"),
     prompt: Optional[Path] = _PROMPT,
     msa: Optional[Path] = _MSA,
-    num_residues: Optional[int] = typer.Option(None, "--num-residues", help="prompt token budget (default 12288)"),
-    num_sequences: Optional[int] = typer.Option(None, "--num-sequences", help="prompt size in sequences"),
-    replicates: int = typer.Option(1, "--replicates", help="number of prompts sampled (ensemble)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="prompt sampling seed"),
-    max_similarity: float = typer.Option(1.0, "--max-similarity"),
-    min_similarity: float = typer.Option(0.0, "--min-similarity"),
-    homology_level: float = typer.Option(0.8, "--homology-level"),
-    method: Optional[str] = typer.Option(None, "--method", help="MSA sampling method"),
-    include_seed: bool = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt"),
+    num_residues: Optional[int] = _NUM_RESIDUES,
+    num_sequences: Optional[int] = _NUM_SEQUENCES,
+    replicates: int = _REPLICATES,
+    seed: Optional[int] = _PROMPT_SEED,
+    max_similarity: float = _MAX_SIMILARITY,
+    min_similarity: float = _MIN_SIMILARITY,
+    homology_level: float = _HOMOLOGY_LEVEL,
+    method: Optional[str] = _METHOD,
+    include_seed: bool = _INCLUDE_SEED,
     no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only (default: mean of forward and backward)"),
-    model: str = typer.Option("poet", "-m", "--model", help=_MODEL_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=_CKPT_HELP),
-    load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (random weights)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    load_format: Optional[str] = _LOAD_FORMAT,
+    model_dir: Optional[Path] = _MODEL_DIR,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
     server: Optional[str] = _SERVER,
     username: Optional[str] = _SERVER_USER,
     password: Optional[str] = _SERVER_PASSWORD,
@@ -312,22 +329,22 @@ def single_site_cmd(
     sequence_file: Optional[Path] = typer.Option(None, "--sequence-file", help="FASTA with the wild type"),
     prompt: Optional[Path] = _PROMPT,
     msa: Optional[Path] = _MSA,
-    num_residues: Optional[int] = typer.Option(None, "--num-residues", help="prompt token budget (default 12288)"),
-    num_sequences: Optional[int] = typer.Option(None, "--num-sequences", help="prompt size in sequences"),
-    replicates: int = typer.Option(1, "--replicates", help="number of prompts sampled (ensemble)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="prompt sampling seed"),
-    max_similarity: float = typer.Option(1.0, "--max-similarity"),
-    min_similarity: float = typer.Option(0.0, "--min-similarity"),
-    homology_level: float = typer.Option(0.8, "--homology-level"),
-    method: Optional[str] = typer.Option(None, "--method", help="MSA sampling method"),
-    include_seed: bool = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt"),
+    num_residues: Optional[int] = _NUM_RESIDUES,
+    num_sequences: Optional[int] = _NUM_SEQUENCES,
+    replicates: int = _REPLICATES,
+    seed: Optional[int] = _PROMPT_SEED,
+    max_similarity: float = _MAX_SIMILARITY,
+    min_similarity: float = _MIN_SIMILARITY,
+    homology_level: float = _HOMOLOGY_LEVEL,
+    method: Optional[str] = _METHOD,
+    include_seed: bool = _INCLUDE_SEED,
     no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only"),
-    model: str = typer.Option("poet", "-m", "--model", help=_MODEL_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=_CKPT_HELP),
-    load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (random weights)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    load_format: Optional[str] = _LOAD_FORMAT,
+    model_dir: Optional[Path] = _MODEL_DIR,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
     server: Optional[str] = _SERVER,
     username: Optional[str] = _SERVER_USER,
     password: Optional[str] = _SERVER_PASSWORD,
@@ -359,21 +376,21 @@ def generate_cmd(
     sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="seed of the sampler (deterministic)"),
     prompt: Optional[Path] = _PROMPT,
     msa: Optional[Path] = _MSA,
-    num_residues: Optional[int] = typer.Option(None, "--num-residues", help="prompt token budget (default 12288)"),
-    num_sequences: Optional[int] = typer.Option(None, "--num-sequences", help="prompt size in sequences"),
-    replicates: int = typer.Option(1, "--replicates", help="number of prompts sampled (ensemble)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="prompt sampling seed"),
-    max_similarity: float = typer.Option(1.0, "--max-similarity"),
-    min_similarity: float = typer.Option(0.0, "--min-similarity"),
-    homology_level: float = typer.Option(0.8, "--homology-level"),
-    method: Optional[str] = typer.Option(None, "--method", help="MSA sampling method"),
-    include_seed: bool = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt"),
-    model: str = typer.Option("poet", "-m", "--model", help=_MODEL_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=_CKPT_HELP),
-    load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (random weights)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    num_residues: Optional[int] = _NUM_RESIDUES,
+    num_sequences: Optional[int] = _NUM_SEQUENCES,
+    replicates: int = _REPLICATES,
+    seed: Optional[int] = _PROMPT_SEED,
+    max_similarity: float = _MAX_SIMILARITY,
+    min_similarity: float = _MIN_SIMILARITY,
+    homology_level: float = _HOMOLOGY_LEVEL,
+    method: Optional[str] = _METHOD,
+    include_seed: bool = _INCLUDE_SEED,
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    load_format: Optional[str] = _LOAD_FORMAT,
+    model_dir: Optional[Path] = _MODEL_DIR,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
     server: Optional[str] = _SERVER,
     username: Optional[str] = _SERVER_USER,
     password: Optional[str] = _SERVER_PASSWORD,
@@ -420,17 +437,17 @@ def parse_grid(text: str) -> list[tuple[int, float]]:
 @cli_errors
 def ensemble_score_cmd(
     msa: Path = typer.Option(..., "--msa", help="MSA (a3m ...); row 0 is the query"),
-    variants: Path = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV"),
+    variants: Path = _VARIANTS,
     output: Path = typer.Option(..., "-o", "--output", help="output CSV: name,sequence,score"),
     grid: Optional[str] = typer.Option(None, "--grid", help="MAX_TOKENS:MAX_SIMILARITY,... (default: the "
                                        "official 15-point grid 6144/12288/24576 x 1.0/0.95/0.9/0.7/0.5)"),
     seed: int = typer.Option(188257, "--seed", help="prompt sampling seed (official: 188257)"),
-    model: str = typer.Option("poet", "-m", "--model", help=_MODEL_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=_CKPT_HELP),
-    load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (random weights)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
+    model: str = _MODEL,
+    checkpoint: Optional[Path] = _CHECKPOINT,
+    load_format: Optional[str] = _LOAD_FORMAT,
+    model_dir: Optional[Path] = _MODEL_DIR,
+    device: Optional[str] = _DEVICE,
+    dtype: Optional[str] = _DTYPE,
 ) -> None:
     """The official scripts/score.py ensemble: prompts over a grid of size x max similarity,
     each scored forward and backward, averaged (a GPU job with the real weights)."""

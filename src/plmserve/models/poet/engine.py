@@ -182,6 +182,20 @@ def top_k_top_p_filter(scores: Tensor, top_k: int | None = None, top_p: float | 
     return out
 
 
+
+def _progress_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[int], None]:
+    """``tick(n)``: add ``n`` finished units and report ``(done, total)`` to ``progress`` (if any)."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return tick
+
+
 class PoET:
     """A loaded PoET model with the plmserve operations (score, single-site, generate).
 
@@ -402,13 +416,7 @@ class PoET:
         prompts = _replicates(prompt) if _is_ensemble(prompt) else [prompt]
         directions = [False, True] if reverse else [False]
         total = len(seqs) * sum(1 if isinstance(p, PromptCache) else len(directions) for p in prompts)
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total)
+        tick = _progress_counter(total, progress)
 
         rows = []
         for p in prompts:
@@ -514,13 +522,7 @@ class PoET:
         prompts = _replicates(prompt) if _is_ensemble(prompt) else [prompt]
         directions = [False, True] if reverse else [False]
         total = len(muts) * sum(1 if isinstance(p, PromptCache) else len(directions) for p in prompts)
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total)
+        tick = _progress_counter(total, progress)
 
         columns = []
         for p in prompts:
