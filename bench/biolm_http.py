@@ -1,7 +1,7 @@
 """Cost of the HTTP layer: BioLM ``encode`` through a real uvicorn server vs the engine called
 directly, on the same dummy-weight model, in one run.
 
-Sequences: the first N distinct ungapped homologs of ``shared/data/BLAT_ECOLX_ColabFold_2202.a3m``.
+Sequences: the first N distinct ungapped homologs of ``tests/data/data/BLAT_ECOLX_ColabFold_2202.a3m``.
 Each scenario (``mean`` only; ``mean,contacts,logits`` with its large JSON) is timed both ways:
 ``engine.encode`` on the whole list, and ``POST /api/v2/<slug>/encode/`` in requests of
 ``--items`` sequences (httpx, one connection). Prints one JSON line per scenario with
@@ -17,6 +17,7 @@ import argparse
 import json
 import socket
 import threading
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,10 @@ import numpy as np
 
 
 def homologs(n: int, max_len: int = 1022) -> list[str]:
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "BLAT_ECOLX_ColabFold_2202.a3m"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.datafiles import shared_path
+
+    path = shared_path("data", "BLAT_ECOLX_ColabFold_2202.a3m")
     seen: list[str] = []
     for line in path.read_text().splitlines():
         if not line or line.startswith(">"):

@@ -3,7 +3,7 @@
 Both run in this process, on the same CPU threads, with the same random weights of the real
 ESM-2 shapes (esm2-8m: 6 x 320, esm2-35m: 12 x 480): a fair-esm ``ESM2`` is built with a fixed seed
 and converted with plmserve's own fair-esm -> HF conversion. The sequences are >= 200 real,
-ungapped BLAT_ECOLX homologs from ``../shared/data/BLAT_ECOLX_ColabFold_2202.a3m`` (gaps removed,
+ungapped BLAT_ECOLX homologs from ``tests/data/data/BLAT_ECOLX_ColabFold_2202.a3m`` (gaps removed,
 lower-case insertions kept as residues, the query and duplicates skipped).
 
 Reference path = fair-esm's ``scripts/extract.py``: ``FastaBatchedDataset.get_batch_indices
@@ -39,7 +39,10 @@ from plmserve.models.esm2.engine import ESM2Engine, build_hf_model  # noqa: E402
 from plmserve.models.esm2.weights import fair_esm_to_hf  # noqa: E402
 from plmserve.models.registry import get_spec  # noqa: E402
 
-A3M = REPO.parent / "shared" / "data" / "BLAT_ECOLX_ColabFold_2202.a3m"
+sys.path.insert(0, str(REPO))
+from tests.datafiles import shared_path  # noqa: E402
+
+A3M = shared_path("data", "BLAT_ECOLX_ColabFold_2202.a3m")
 
 
 def load_homologs(path: Path, n: int, min_len: int = 30) -> list[str]:

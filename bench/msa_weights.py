@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BLAT = ROOT.parent / "shared" / "data" / "BLAT_ECOLX_ColabFold_2202.a3m"
+sys.path.insert(0, str(ROOT))
+from tests.datafiles import shared_path  # noqa: E402
+
+BLAT = shared_path("data", "BLAT_ECOLX_ColabFold_2202.a3m")
 
 
 def _peak_mib() -> float:

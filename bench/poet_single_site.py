@@ -4,7 +4,7 @@
     python bench/poet_single_site.py --positions-step 1    # the whole scan (19 x 286 variants; slow on CPU)
     python bench/poet_single_site.py --full-size-score      # 1024 x 12 dummy: score 100 variants (throughput)
 
-Setup: the BLAT_ECOLX wild type (286 aa, row 0 of ``shared/data/BLAT_ECOLX_ColabFold_2202.a3m``); a
+Setup: the BLAT_ECOLX wild type (286 aa, row 0 of ``tests/data/data/BLAT_ECOLX_ColabFold_2202.a3m``); a
 prompt sampled from that MSA with the align service's sampler (``--prompt-tokens`` budget, seed
 188257); a dummy-weight PoET (same seed in both recipes); forward direction only (both recipes).
 
@@ -40,7 +40,10 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("PLMSERVE_SHARED_DIR", REPO.parent / "shared"))
+sys.path.insert(0, str(REPO))
+from tests.datafiles import shared_dir  # noqa: E402
+
+SHARED = shared_dir()
 A3M = SHARED / "data" / "BLAT_ECOLX_ColabFold_2202.a3m"
 
 

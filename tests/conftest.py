@@ -1,27 +1,12 @@
-"""Shared test helpers. Fixtures from ``../shared`` are located through :func:`shared_path`."""
+"""Shared test helpers. Fixtures and data in ``tests/data`` are located through :func:`shared_path`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def shared_dir() -> Path:
-    """The shared folder: ``$PLMSERVE_SHARED_DIR`` or ``../shared`` next to the repository root."""
-    env = os.environ.get("PLMSERVE_SHARED_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared"
-    if not path.is_dir():
-        raise RuntimeError(f"shared folder not found at {path} (set PLMSERVE_SHARED_DIR)")
-    return path
-
-
-def shared_path(*parts: str) -> Path:
-    """Path of a file under the shared folder, e.g. ``shared_path("fixtures", "esm2", "esm2_tiny.pt")``."""
-    return shared_dir().joinpath(*parts)
+from tests.datafiles import REPO_ROOT, shared_dir, shared_path  # noqa: F401 (re-exported)
 
 
 @pytest.fixture(scope="session")

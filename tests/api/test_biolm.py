@@ -1,6 +1,6 @@
 """BioLM-compatible ESM-2 routes (TestClient): schema, values against the fair-esm fixture, bad input.
 
-The model is the tiny fair-esm reference checkpoint of ``shared/fixtures/esm2`` placed in a model
+The model is the tiny fair-esm reference checkpoint of ``tests/data/fixtures/esm2`` placed in a model
 folder under the official file name of esm2-8m, so the server loads it through the same fair-esm
 conversion users get; its BioLM outputs must equal ``biolm_expected.json`` within the README's
 tolerances.

@@ -1,6 +1,6 @@
 """End-to-end PoET workflow on real data, through HTTP with the SDK (issue 5, item 6).
 
-A real uvicorn server with the PoET fixture checkpoint (``shared/fixtures/poet/model.ckpt``,
+A real uvicorn server with the PoET fixture checkpoint (``tests/data/fixtures/poet/model.ckpt``,
 found as ``poet.ckpt`` in the model directory) and a local search database of 500 BLAT homologs
 planted among the decoy proteome:
 

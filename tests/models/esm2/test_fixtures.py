@@ -1,4 +1,4 @@
-"""The engine reproduces fair-esm 2.0.0 on the shared tiny model (../shared/fixtures/esm2/README.md
+"""The engine reproduces fair-esm 2.0.0 on the shared tiny model (tests/data/fixtures/esm2/README.md
 tolerances, CPU float32), loading the fair-esm checkpoint through the user-facing conversion."""
 
 from __future__ import annotations

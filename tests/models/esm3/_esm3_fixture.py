@@ -1,4 +1,4 @@
-"""Helpers for the ESM3 reference fixtures in ``shared/fixtures/esm3`` (usable by every ESM3 test).
+"""Helpers for the ESM3 reference fixtures in ``tests/data/fixtures/esm3`` (usable by every ESM3 test).
 
 - :func:`fixture_dir`: the folder (``model.pth`` + ``config.json`` in the official format).
 - :func:`tiny_model`: the official tiny model loaded through ``ESM3.from_pretrained`` (cached).

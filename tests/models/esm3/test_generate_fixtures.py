@@ -1,5 +1,5 @@
 """``generate_tensor`` on the tiny fixture model against the official ``esm`` package, token for
-token: ``shared/fixtures/esm3/expected_generate.json`` (outputs, effective num_steps, T, per-step
+token: ``tests/data/fixtures/esm3/expected_generate.json`` (outputs, effective num_steps, T, per-step
 temperature, commit counts and committed positions, error records).
 """
 

@@ -1,6 +1,6 @@
 """Done-when test of the PoET issue: the first 24 BLAT Jacquier variants scored end to end on CPU
 with the fixture model and prompts sampled from the real BLAT MSA (official ``score.py`` recipe,
-reduced grid), compared with ``shared/fixtures/poet/ensemble.json``."""
+reduced grid), compared with ``tests/data/fixtures/poet/ensemble.json``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reproduce every number of ``shared/fixtures/poet/expected.json`` (official PoET, tiny random
+"""Reproduce every number of ``tests/data/fixtures/poet/expected.json`` (official PoET, tiny random
 model) from both checkpoint files, in float32 and float64."""
 
 from __future__ import annotations
