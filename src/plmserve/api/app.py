@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None, models: ModelManager | None = N
                 raise
             continue
         module.include(app)
+    importlib.import_module("plmserve.api.dashboard").include(app)  # web dashboard at / (issue 13)
     return app

@@ -315,6 +315,13 @@ class JobStore:
                 return None
             return UserRecord(id=user.id, name=user.name, created_date=_aware(user.created_date))  # type: ignore[arg-type]
 
+    def revoke_token(self, token: str) -> bool:
+        """Delete an access token (dashboard logout); False when it was not known."""
+        with self._session() as s:
+            res = s.execute(delete(AccessToken).where(AccessToken.token_hash == _token_hash(token)))
+            s.commit()
+            return res.rowcount == 1
+
     # ------------------------------------------------------------------ jobs
     def create_job(
         self,
