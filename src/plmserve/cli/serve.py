@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         application = create_app(settings)
         auth = "OFF (--no-auth, loopback only)" if settings.no_auth else f"{len(settings.api_keys)} API key(s)"
         console.print(
-            f"plmserve: http://{settings.host}:{settings.port}  (docs: /docs)  auth: {auth}  "
+            f"plmserve: http://{settings.host}:{settings.port}  (dashboard: /, docs: /docs)  auth: {auth}  "
             f"load-format: {settings.load_format}", highlight=False, soft_wrap=True)
         if settings.load_format == "dummy":
             console.print("[bold yellow]WARNING:[/] load-format=dummy: every model has RANDOM weights; "
