@@ -114,6 +114,19 @@ def test_login_required_and_cookie_flags(app):
         assert c.get("/", follow_redirects=False).status_code == 303
 
 
+def test_session_cookie_is_secure_over_https(app):
+    with TestClient(app, base_url="https://testserver") as c:
+        token = csrf_of(c)
+        r = c.post("/ui/login", data={"username": "bob", "password": "bob-password", "csrf_token": token},
+                   follow_redirects=False)
+        cookie = r.headers["set-cookie"].lower()
+        assert r.status_code == 303 and "secure" in cookie and "httponly" in cookie
+        assert c.get("/").status_code == 200
+        # logout without the CSRF token is refused and the session stays valid
+        assert c.post("/ui/logout", data={}).status_code == 403
+        assert c.get("/", follow_redirects=False).status_code == 200
+
+
 def test_login_and_forms_refuse_cross_site_posts(app, alice):
     with new_client(app) as c:
         c.get("/ui/login")

@@ -275,7 +275,10 @@ async def login_submit(request: Request):
 @router.post("/ui/logout")
 async def logout(request: Request):
     form = await request.form()
-    check_csrf(request, form, None)
+    try:
+        check_csrf(request, form, None)
+    except PermissionDeniedError as exc:
+        return _error_page(request, exc, None)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         await run_in_threadpool(_store(request).revoke_token, token)
