@@ -83,7 +83,14 @@ def test_single_site_in_the_browser(browser, server, tmp_path):
     assert len(wild_type) == 286
 
     alice = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
-    page = alice.new_page()
+    problems: list[str] = []  # console errors and uncaught exceptions (CSP violations among them)
+
+    def watch(p):
+        p.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        p.on("pageerror", lambda e: problems.append(str(e)))
+        return p
+
+    page = watch(alice.new_page())
     log_in(page, base, "alice")
     cookie = next(c for c in alice.cookies() if c["name"] == "plmserve_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
@@ -102,7 +109,7 @@ def test_single_site_in_the_browser(browser, server, tmp_path):
     assert first_status in ("PENDING", "RUNNING")
 
     # the jobs list in a second tab updates itself (htmx polling) until the job is done
-    jobs_tab = alice.new_page()
+    jobs_tab = watch(alice.new_page())
     jobs_tab.goto(f"{base}/")
     row = f"tr[data-job-id='{job_id}']"
     assert jobs_tab.get_attribute(row, "data-status") in ("PENDING", "RUNNING")
@@ -155,6 +162,8 @@ def test_single_site_in_the_browser(browser, server, tmp_path):
     k = 1000
     shown = float(page.get_attribute(f"svg#heatmap rect[data-mutant='{rows[k]['mutant']}']", "data-delta"))
     assert shown == pytest.approx(float(rows[k]["delta_vs_wt"]), rel=1e-5, abs=1e-6)
+
+    assert problems == []
 
     # bob sees none of it
     bob = browser.new_context()

@@ -20,15 +20,14 @@ from plmserve.api.dashboard import CSRF_COOKIE, SESSION_COOKIE
 from plmserve.bio.msa import parse_msa
 from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import FakePoetEngine
+from tests.client.support import FakePoetEngine, postgres_url  # noqa: F401 (fixture)
 
 MSA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 WT = "MKTAYIAKQR"
 
 
-@pytest.fixture
-def app(tmp_path):
-    settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
+def make_app(tmp_path, database_url=None):
+    settings = Settings(data_dir=tmp_path, api_keys=["admin-key"], database_url=database_url)
     store = JobStore(settings.resolved_database_url())
     store.add_user("alice", "alice-password")
     store.add_user("bob", "bob-password")
@@ -36,6 +35,11 @@ def app(tmp_path):
     app = create_app(settings)
     app.state.models.put("poet", FakePoetEngine())
     return app
+
+
+@pytest.fixture
+def app(tmp_path):
+    return make_app(tmp_path)
 
 
 def new_client(app) -> TestClient:
@@ -256,3 +260,19 @@ def test_cancel_from_the_page(app, alice):
     assert r.status_code == 303
     wait_done(alice, url)
     assert 'data-status="CANCELED"' in alice.get(url).text
+
+
+@pytest.mark.postgres
+def test_dashboard_on_postgres(tmp_path, postgres_url):  # noqa: F811
+    app = make_app(tmp_path, postgres_url)
+    with new_client(app) as c:
+        c.csrf = log_in(c, "alice")
+        url = submit(c, {"kind": "single_site", "num_sequences": "2"}, {"msa_file": ("msa.a3m", MSA)})
+        wait_done(c, url)
+        rows = list(csv.DictReader(io.StringIO(c.get(f"{url}/results.csv").text)))
+        assert len(rows) == 1 + 19 * len(WT) and rows[0]["mutant"] == "WT"
+        assert c.get(url).text.count('class="cell"') == 19 * len(WT)
+    with new_client(app) as bob:
+        log_in(bob, "bob")
+        assert bob.get(url).status_code == 404
+    assert not (tmp_path / "plmserve.db").exists()
