@@ -14,11 +14,19 @@ def shared() -> Path:
     return shared_dir()
 
 
+@pytest.fixture(scope="session")
+def _isolated_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("plmserve-data")
+
+
 @pytest.fixture(autouse=True)
-def _offline_hub(monkeypatch):
-    """Tests never reach the network for weights."""
+def _offline_hub(monkeypatch, _isolated_data_dir):
+    """Tests never reach the network for weights, and never read or write the user's data folder
+    (``~/.local/share/plmserve``) nor one set in the shell: ``PLMSERVE_DATA_DIR`` is a temporary folder
+    (a test that needs another one sets it itself)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("PLMSERVE_DATA_DIR", str(_isolated_data_dir))
 
 
 @pytest.fixture(scope="module")
