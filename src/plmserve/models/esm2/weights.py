@@ -10,7 +10,8 @@ Search order used by :func:`locate_weights` (first hit wins):
    the torch-hub format) in ``<PLMSERVE_MODEL_DIR>``, ``<PLMSERVE_MODEL_DIR>/<slug>/`` or the torch
    hub checkpoint folder (``~/.cache/torch/hub/checkpoints``), converted on load;
 4. a download from the hub (``huggingface_hub.snapshot_download``), unless offline
-   (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+   (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or the hub is unreachable (one fast check,
+   :func:`plmserve.models.hub.hub_unreachable`: the error then names the network cause).
 
 Nothing found: one :class:`~plmserve.errors.WeightsNotFoundError` that lists every place searched.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plmserve.errors import ModelLoadError, WeightsNotFoundError
+from plmserve.models.hub import OFFLINE_ADVICE, hub_offline, hub_unreachable  # noqa: F401 (hub_offline re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -308,12 +310,6 @@ def is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and any((path / f).is_file() for f in _HF_WEIGHT_FILES)
 
 
-def hub_offline(settings: Any) -> bool:
-    """True when the network must not be used (``settings.offline`` or ``HF_HUB_OFFLINE``)."""
-    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return bool(getattr(settings, "offline", False)) or env.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def torch_hub_checkpoint_dir() -> Path:
     """``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``), without importing torch."""
     torch_home = os.environ.get("TORCH_HOME") or os.path.join(
@@ -416,16 +412,22 @@ def locate_weights(
         if f.is_file():
             return WeightsLocation("fair-esm", f)
         searched.append(f"{f} (fair-esm checkpoint)")
+    unreachable = None
     if spec.hf_repo and download and not offline:
+        unreachable = hub_unreachable()
+    if spec.hf_repo and download and not offline and unreachable is None:
         snap = _hub_snapshot(spec.hf_repo, local_only=False)
         if snap is not None:
             return WeightsLocation("hf-hub", snap)
         searched.append(f"Hugging Face hub download of {spec.hf_repo} (no weights in the repository)")
+    elif unreachable is not None:
+        searched.append(f"Hugging Face hub download of {spec.hf_repo} (not attempted: the hub is unreachable)")
     elif spec.hf_repo:
         searched.append(f"no download from the Hugging Face hub ({'offline mode' if offline else 'download disabled'})")
+    network = f"The network is the cause: {unreachable}; {OFFLINE_ADVICE}. " if unreachable else ""
     raise WeightsNotFoundError(
         f"weights for model '{spec.slug}' ({spec.hf_repo or spec.official_files[0]}) were not found. "
-        f"Searched: {'; '.join(searched)}. To get them: run `plmserve models pull {spec.slug}` on a "
+        f"Searched: {'; '.join(searched)}. {network}To get them: run `plmserve models pull {spec.slug}` on a "
         f"connected machine and copy the folder it prints to <dir>/{spec.slug}/ here, then set "
         f"PLMSERVE_MODEL_DIR=<dir> (or put {spec.official_files[0] if spec.official_files else 'the checkpoint'} "
         f"in PLMSERVE_MODEL_DIR); or start with --load-format dummy for random weights (smoke tests only)."
