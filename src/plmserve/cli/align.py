@@ -124,7 +124,7 @@ def msa_search(
 def msa_info(
     msa_file: Path = typer.Argument(..., help="MSA file (a3m, aligned FASTA, Stockholm or CSV; sniffed)"),
     homology_level: float = typer.Option(0.8, "--homology-level", help="identity defining neighbours for N_eff"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="print one JSON object"),
 ) -> None:
     """Rows, columns, query length and N_eff of an MSA."""
     from plmserve.align.sampling import n_eff
@@ -164,7 +164,7 @@ def prompt_sample(
     homology_level: float = typer.Option(0.8, "--homology-level"),
     max_similarity: float = typer.Option(1.0, "--max-similarity"),
     min_similarity: float = typer.Option(0.0, "--min-similarity"),
-    include_seed: bool = typer.Option(False, "--include-seed", help="always put the seed sequence first"),
+    include_seed: bool = typer.Option(False, "--include-seed/--no-include-seed", help="always put the seed sequence first"),
 ) -> None:
     """Sample a PoET prompt ensemble from an MSA; replicates are separated by <END_PROMPT> lines."""
     from plmserve.align import sample_prompt

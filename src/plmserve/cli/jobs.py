@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         status: Optional[str] = typer.Option(None, "--status", help="PENDING, RUNNING, SUCCESS, FAILURE, CANCELED"),
         job_type: Optional[str] = typer.Option(None, "--type", help="job type, e.g. /poet or /align/prompt"),
         limit: int = typer.Option(50, "--limit", help="at most this many (newest first)"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+        as_json: bool = typer.Option(False, "--json/--no-json", help="print JSON instead of a table"),
         server: Optional[str] = _SERVER,
         username: Optional[str] = _USER,
         password: Optional[str] = _PASSWORD,

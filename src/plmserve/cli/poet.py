@@ -275,7 +275,7 @@ _NUM_RESIDUES = typer.Option(None, "--num-residues", help="prompt token budget (
 _MIN_SIMILARITY = typer.Option(0.0, "--min-similarity")
 _METHOD = typer.Option(None, "--method", help="MSA sampling method")
 _MAX_SIMILARITY = typer.Option(1.0, "--max-similarity")
-_INCLUDE_SEED = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt")
+_INCLUDE_SEED = typer.Option(False, "--include-seed/--no-include-seed", help="always put the MSA query in the prompt")
 _HOMOLOGY_LEVEL = typer.Option(0.8, "--homology-level")
 _VARIANTS = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV")
 
@@ -296,7 +296,7 @@ def score_cmd(
     homology_level: float = _HOMOLOGY_LEVEL,
     method: Optional[str] = _METHOD,
     include_seed: bool = _INCLUDE_SEED,
-    no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only (default: mean of forward and backward)"),
+    no_reverse: bool = typer.Option(False, "--no-reverse/--reverse", help="forward score only (default: mean of forward and backward)"),
     model: str = _MODEL,
     checkpoint: Optional[Path] = _CHECKPOINT,
     load_format: Optional[str] = _LOAD_FORMAT,
@@ -338,7 +338,7 @@ def single_site_cmd(
     homology_level: float = _HOMOLOGY_LEVEL,
     method: Optional[str] = _METHOD,
     include_seed: bool = _INCLUDE_SEED,
-    no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only"),
+    no_reverse: bool = typer.Option(False, "--no-reverse/--reverse", help="forward score only"),
     model: str = _MODEL,
     checkpoint: Optional[Path] = _CHECKPOINT,
     load_format: Optional[str] = _LOAD_FORMAT,

@@ -335,7 +335,8 @@ class ESM2Engine:
                 model.lm_head.bias.normal_(0.0, 0.1)
         finally:
             torch.random.set_rng_state(gen_state)
-        logger.warning("model %s uses RANDOM weights (load format 'dummy'): outputs are meaningless", slug or "esm2")
+        logger.warning("model %s uses RANDOM weights (load format 'dummy'): outputs are meaningless", slug or "esm2",
+                       extra={"plmserve_dummy": True})  # the CLI prints its own warning instead
         return cls(model, slug=slug or "esm2-dummy", load_format="dummy", source=None, **kw)
 
     # ---------------------------------------------------------------- hooks

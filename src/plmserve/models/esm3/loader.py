@@ -210,7 +210,8 @@ def load_esm3(spec: Any, settings: Any) -> ESM3:
     if getattr(settings, "load_format", "auto") == "dummy":
         model = ESM3.dummy(spec_config(spec), seed=0, device=device, dtype=dtype)
         model.name = f"{spec.slug} (dummy weights)"
-        logger.warning("%s: random (dummy) weights -- outputs are meaningless", spec.slug)
+        logger.warning("%s: random (dummy) weights -- outputs are meaningless", spec.slug,
+                       extra={"plmserve_dummy": True})  # the CLI prints its own warning instead
         return model
     path = locate_weights(spec, settings)
     config = None
