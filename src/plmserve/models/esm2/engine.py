@@ -36,6 +36,7 @@ from plmserve.bio.mutations import parse_mutant
 from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
 
 from .alphabet import (
+    ALL_TOKENS,
     BOS_ID,
     EOS_ID,
     MASK_ID,
@@ -570,6 +571,71 @@ class ESM2Engine:
 
         self._run(work)
         return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- full outputs (fair-esm style)
+
+    vocab_tokens: list[str] = list(ALL_TOKENS)
+    """The 33 fair-esm tokens in id order: the columns of :meth:`full_logits`."""
+
+    def full_logits(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """LM-head logits over the whole vocabulary at every token, as fair-esm's
+        ``model(tokens)["logits"]``.
+
+        Args:
+            sequences: protein sequences (``<mask>`` allowed), see :meth:`validate`.
+
+        Returns:
+            Per sequence, in input order: float32 ``[L + 2, 33]``; row 0 is BOS, rows ``1..L`` the
+            residues, row ``L + 1`` EOS; columns are :attr:`vocab_tokens` (fair-esm ids:
+            ``<cls> <pad> <eos> <unk> L A G ... <mask>``). Batches are padded internally; padding
+            never changes the values.
+
+        Raises:
+            InvalidInputError: bad sequences (see :meth:`validate`).
+        """
+        seqs = self.validate(sequences, allow_mask=True)
+        ids = [encode_residues(s) for s in seqs]
+        out: list[np.ndarray | None] = [None] * len(seqs)
+
+        def work():
+            for batch in _token_batches([len(r) for r in ids], self.toks_per_batch):
+                res = self._forward([ids[i] for i in batch], logits=True)
+                for b, i in enumerate(batch):
+                    out[i] = _np(res["logits"][b, : int(res["lengths"][b]) + 2])
+
+        self._run(work)
+        return out  # type: ignore[return-value]
+
+    def attention_weights(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """Every layer's and head's attention probabilities, as fair-esm's
+        ``model(tokens, need_head_weights=True)["attentions"]`` (without padding).
+
+        Args:
+            sequences: protein sequences (``<mask>`` allowed), see :meth:`validate`.
+
+        Returns:
+            Per sequence, in input order: float32 ``[n_layers, heads, L + 2, L + 2]`` (query, key;
+            BOS and EOS included; each row sums to 1). Memory: ``4 * n * H * (L+2)**2`` bytes per
+            sequence (650M, L=1022: 0.7 GB); sequences run one at a time.
+
+        Raises:
+            InvalidInputError: bad sequences (see :meth:`validate`).
+        """
+        seqs = self.validate(sequences, allow_mask=True)
+        out: list[np.ndarray] = []
+
+        def work():
+            for s in seqs:
+                maps: list[torch.Tensor] = []
+                _state.collector = lambda probs: maps.append(probs[0].cpu())
+                try:
+                    self.model.esm(input_ids=self._tokens([encode_residues(s)])[0])
+                finally:
+                    _state.collector = None
+                out.append(torch.stack(maps).float().numpy())
+
+        self._run(work)
+        return out
 
     # ---------------------------------------------------------------- predict
 
