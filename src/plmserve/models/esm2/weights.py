@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from plmserve.errors import ModelLoadError, WeightsNotFoundError
 from plmserve.models.hub import OFFLINE_ADVICE, hub_offline, hub_unreachable  # noqa: F401 (hub_offline re-exported)
 
+from .architecture import MAX_POSITIONS, build_hf_model, esm2_config  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import EsmConfig
@@ -41,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-MAX_POSITIONS = 1026  # BOS + 1024 residues + EOS
 
 _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model.bin.index.json")  # fmt: skip
@@ -49,40 +50,6 @@ _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorc
 
 # --------------------------------------------------------------------------------------------
 # configuration
-
-
-def esm2_config(num_layers: int, embed_dim: int, attention_heads: int) -> "EsmConfig":
-    """The ``transformers.EsmConfig`` of an ESM-2 model of the given shape.
-
-    ESM-2 facts (fair-esm ``esm.model.esm2.ESM2``): 33-token vocabulary, pre-LayerNorm blocks,
-    FFN width 4 x ``embed_dim``, rotary positions, token dropout, LayerNorm eps 1e-5, final
-    ``emb_layer_norm_after``, LM head tied to the token embedding, 1026 positions.
-    """
-    from transformers import EsmConfig
-
-    if embed_dim % attention_heads:
-        raise ModelLoadError(f"embed_dim {embed_dim} is not divisible by attention_heads {attention_heads}")
-    return EsmConfig(
-        vocab_size=33,
-        mask_token_id=32,
-        pad_token_id=1,
-        hidden_size=embed_dim,
-        num_hidden_layers=num_layers,
-        num_attention_heads=attention_heads,
-        intermediate_size=4 * embed_dim,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        max_position_embeddings=MAX_POSITIONS,
-        initializer_range=0.02,
-        layer_norm_eps=1e-5,
-        position_embedding_type="rotary",
-        use_cache=True,
-        emb_layer_norm_before=False,
-        token_dropout=True,
-        is_folding_model=False,
-        tie_word_embeddings=True,
-    )
 
 
 def _heads_for(embed_dim: int) -> int:
@@ -249,8 +216,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         FileNotFoundError: ``src`` does not exist.
         ModelLoadError: not a readable ESM-2 checkpoint.
     """
-    from .engine import build_hf_model
-
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(2, "No such file", str(src))
