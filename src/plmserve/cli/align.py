@@ -29,12 +29,11 @@ def _read_seed(seed: str) -> tuple[str, str]:
     text = None
     stripped = seed.strip()
     looks_like_sequence = bool(stripped) and all(c.isalpha() for c in stripped)
-    if not (looks_like_sequence and len(stripped) > 32):
-        try:
-            if Path(seed).is_file():
-                text = Path(seed).read_text()
-        except OSError:  # e.g. ENAMETOOLONG: not a path
-            text = None
+    try:
+        if Path(seed).is_file():
+            text = Path(seed).read_text()
+    except OSError:  # e.g. ENAMETOOLONG (a 286-residue sequence): not a path
+        text = None
     if text is None:
         if not looks_like_sequence:
             raise FileNotFoundError(2, "No such file or directory (and not a protein sequence)", seed)
