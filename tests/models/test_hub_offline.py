@@ -166,3 +166,14 @@ def test_failed_single_file_pull_leaves_no_folder(tmp_path, monkeypatch):
         assert res.exit_code == 2 and existing.is_dir() and list(existing.iterdir()) == []
     finally:
         server.shutdown()
+
+
+def test_esm2_blames_dns_when_the_name_does_not_resolve(no_network, monkeypatch):
+    from plmserve.models.esm2.weights import locate_weights
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.no-such-host.invalid")
+    hub.clear_cache()
+    with pytest.raises(WeightsNotFoundError) as info:
+        locate_weights(get_spec("esm2-35m"), Settings(model_dir=None))
+    assert "The network is the cause: https://hub.no-such-host.invalid unreachable: DNS lookup of " \
+        "hub.no-such-host.invalid failed" in str(info.value)

@@ -146,7 +146,7 @@ def _pull_url(spec: Any, target_dir: Path) -> Path:
         with httpx.stream("GET", spec.download_url, follow_redirects=True, timeout=60.0) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("content-length", 0)) or None
-            with progress(disable=False) as bar, partial.open("wb") as fh:
+            with progress() as bar, partial.open("wb") as fh:
                 task = bar.add_task(f"downloading {name}", total=total)
                 for chunk in resp.iter_bytes(1 << 20):
                     fh.write(chunk)
