@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -121,7 +122,7 @@ def progress(disable: bool | None = None, *, interval: float | None = None) -> P
     ``disable=None`` (default): a rich bar when stderr is a terminal, else :class:`PlainProgress`
     lines every ``interval`` seconds (a log file still shows done/total, rate and ETA).
     ``disable=True``: nothing (short operations). ``disable=False``: always the rich bar."""
-    if disable is None and not console.is_terminal:
+    if disable is None and not sys.stderr.isatty():  # not rich's is_terminal: FORCE_COLOR must not hide logs
         return PlainProgress(interval=PROGRESS_INTERVAL_S if interval is None else interval)
     return Progress(
         TextColumn("[progress.description]{task.description}"),
