@@ -111,7 +111,10 @@ def settings_help() -> str:
     entries = ["[bold]Settings[/] (environment variables; the flags above override them):"]
     for name, field in Settings.model_fields.items():
         if field.default_factory is not None:
-            default = field.default_factory()
+            try:
+                default = field.default_factory()  # type: ignore[call-arg]
+            except TypeError:  # a factory that takes the other fields' values
+                default = "computed"
         elif field.default is PydanticUndefined:
             default = "required"
         else:
