@@ -51,7 +51,8 @@ def test_closed_port_is_refused_quickly(no_network):
 
 def test_unresolvable_host_blames_dns():
     reason = hub.check_reachable("https://no-such-host.invalid")
-    assert reason is not None and reason.startswith("DNS lookup of no-such-host.invalid failed")
+    # "failed (Name or service not known)", or "took longer than 1.5 s" where DNS itself hangs
+    assert reason is not None and reason.startswith("DNS lookup of no-such-host.invalid ")
 
 
 def test_reachable_endpoint_answers_none():
@@ -176,4 +177,4 @@ def test_esm2_blames_dns_when_the_name_does_not_resolve(no_network, monkeypatch)
     with pytest.raises(WeightsNotFoundError) as info:
         locate_weights(get_spec("esm2-35m"), Settings(model_dir=None))
     assert "The network is the cause: https://hub.no-such-host.invalid unreachable: DNS lookup of " \
-        "hub.no-such-host.invalid failed" in str(info.value)
+        "hub.no-such-host.invalid " in str(info.value)
