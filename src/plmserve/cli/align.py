@@ -25,15 +25,17 @@ def _read_seed(seed: str) -> tuple[str, str]:
     """``(text, name)`` of the seed: a FASTA/plain-text file, or ``seed`` itself when it is a sequence.
 
     ``name`` is the first FASTA record's name (the header's first word), ``seed`` when the seed has
-    no header. A long sequence is never checked as a path (that fails with "File name too long")."""
+    no header. A seed too long to be a file name (a 286-residue sequence: ENAMETOOLONG) is the
+    sequence, not an error."""
     text = None
     stripped = seed.strip()
     looks_like_sequence = bool(stripped) and all(c.isalpha() for c in stripped)
     try:
-        if Path(seed).is_file():
-            text = Path(seed).read_text()
-    except OSError:  # e.g. ENAMETOOLONG (a 286-residue sequence): not a path
-        text = None
+        is_file = Path(seed).is_file()
+    except OSError:  # e.g. ENAMETOOLONG: not a path
+        is_file = False
+    if is_file:
+        text = Path(seed).read_text()
     if text is None:
         if not looks_like_sequence:
             raise FileNotFoundError(2, "No such file or directory (and not a protein sequence)", seed)
