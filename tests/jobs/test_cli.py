@@ -52,16 +52,16 @@ def test_jobs_list_show_cancel(tmp_path, monkeypatch):
     store.close()
     r = run("jobs", "list", "--json")
     assert r.exit_code == 0, r.output
-    jobs = json.loads(r.output)
+    jobs = json.loads(r.stdout)
     assert [j["job_id"] for j in jobs] == [b.job_id, a.job_id]
     r = run("jobs", "list", "--user", "alice", "--json")
-    assert [j["job_id"] for j in json.loads(r.output)] == [a.job_id]
+    assert [j["job_id"] for j in json.loads(r.stdout)] == [a.job_id]
     r = run("jobs", "list", "--status", "failure", "--json")
-    assert [j["failure_message"] for j in json.loads(r.output)] == ["no sequence database is configured"]
+    assert [j["failure_message"] for j in json.loads(r.stdout)] == ["no sequence database is configured"]
     r = run("jobs", "list")
     assert r.exit_code == 0 and "FAILURE" in r.output
     r = run("jobs", "show", a.job_id)
-    shown = json.loads(r.output)
+    shown = json.loads(r.stdout)
     assert shown["status"] == "PENDING" and shown["args"] == {"prompt_id": "p"} and shown["owner"] == "user:alice"
     r = run("jobs", "cancel", a.job_id)
     assert r.exit_code == 0 and "CANCELED" in r.output
@@ -87,8 +87,8 @@ def test_jobs_against_a_server(tmp_path):
         r = run("jobs", "list", "--json", *creds)
         assert r.exit_code == 0, r.output
         # the server re-queued the PENDING job on start-up; it fails (no worker for its prompt)
-        assert [j["job_id"] for j in json.loads(r.output)] == [mine.job_id]
+        assert [j["job_id"] for j in json.loads(r.stdout)] == [mine.job_id]
         r = run("jobs", "show", mine.job_id, *creds)
-        assert json.loads(r.output)["job_id"] == mine.job_id
+        assert json.loads(r.stdout)["job_id"] == mine.job_id
         r = run("jobs", "list", "--server", srv.url, "--username", "alice", "--password", "wrong-pass")
         assert r.exit_code == 2 and "invalid username or password" in r.output

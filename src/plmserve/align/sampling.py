@@ -216,12 +216,32 @@ def similarity_to_query(matrix: np.ndarray) -> np.ndarray:
     return (matrix == matrix[0:1]).sum(axis=1) / matrix.shape[1]
 
 
-def filter_rows(matrix: np.ndarray, max_similarity: float = 1.0, min_similarity: float = 0.0) -> np.ndarray:
-    """Indices (increasing) of rows with ``s <= max_similarity`` and ``1 - s <= 1 - min_similarity``
-    where ``s`` is :func:`similarity_to_query`. Source: ``poet-model.md`` §6.2."""
+def filter_rows(
+    matrix: np.ndarray,
+    max_similarity: float = 1.0,
+    min_similarity: float = 0.0,
+    *,
+    max_dissimilarity: float | None = None,
+) -> np.ndarray:
+    """The official ``MSASampler`` similarity filter.
+
+    Args:
+        matrix: uint8 ``(N, L)`` aligned MSA (:meth:`plmserve.bio.msa.MSA.aligned_matrix`), row 0
+            the query.
+        max_similarity: keep rows with ``s <= max_similarity``, ``s`` = :func:`similarity_to_query`
+            (fraction of the ``L`` columns identical to row 0, gap == gap counts).
+        min_similarity: keep rows with ``1 - s <= 1 - min_similarity``.
+        max_dissimilarity: the official sampler's literal argument (keep ``1 - s <=
+            max_dissimilarity``); when given it replaces ``1 - min_similarity`` (which floating
+            point may round differently).
+
+    Returns:
+        int64 row indices, increasing. Source: ``poet-model.md`` §6.2 (official ``MSASampler``).
+    """
     s = similarity_to_query(matrix)
-    max_dissimilarity = 1.0 - float(min_similarity)
-    return np.nonzero((s <= max_similarity) & ((1.0 - s) <= max_dissimilarity))[0]
+    if max_dissimilarity is None:
+        max_dissimilarity = 1.0 - float(min_similarity)
+    return np.nonzero((s <= max_similarity) & ((1.0 - s) <= float(max_dissimilarity)))[0]
 
 
 def sample_order(
@@ -234,11 +254,19 @@ def sample_order(
     force_include_first: bool = False,
     seed: int | None = None,
     weights: np.ndarray | None = None,
+    max_dissimilarity: float | None = None,
 ) -> np.ndarray:
-    """The sampling order of MSA rows (indices into ``matrix``), as the official ``MSASampler``.
+    """The sampling order of MSA rows (indices into ``matrix``), as the official
+    ``MSASampler(method=NeighborsSampler(theta=theta), max_similarity, max_dissimilarity,
+    force_include_first).get_sample_idxs(msa, gap_token=20, seed=seed)``.
+
+    ``theta`` is used literally (a neighbour is a row at distance ``<= theta``), exactly as the
+    official ``NeighborsSampler(theta=...)``: pass the value the official call used (0.3 is not
+    ``1 - 0.7`` in floating point, and that changes neighbour counts).
 
     1. weights on the full MSA (``NEIGHBORS*``; pass ``weights`` to reuse precomputed ``p``),
-    2. keep rows passing :func:`filter_rows`,
+    2. keep rows passing :func:`filter_rows` (``max_similarity`` and ``min_similarity`` or the
+       literal ``max_dissimilarity``),
     3. order the kept rows (TOP: MSA order; RANDOM: ``default_rng(seed).permutation``;
        NEIGHBORS*: ``default_rng(seed).choice(n, n, replace=False, p=w/w.sum())``),
     4. ``force_include_first``: row 0 first, removed from anywhere else.
@@ -258,9 +286,10 @@ def sample_order(
             force_include_first=force_include_first,
             seed=seed,
             weights=weights[:limit] if weights is not None else None,
+            max_dissimilarity=max_dissimilarity,
         )
         return order
-    kept = filter_rows(matrix, max_similarity, min_similarity)
+    kept = filter_rows(matrix, max_similarity, min_similarity, max_dissimilarity=max_dissimilarity)
     rng = np.random.default_rng(seed)
     if method == "TOP":
         order = kept

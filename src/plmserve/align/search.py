@@ -157,6 +157,8 @@ def create_msa(
         if progress:
             progress("cached", 1.0)
         msa = parse_msa(cached.read_text(), "a3m", source=str(cached))
+        if query_name not in msa.names[1:]:
+            msa.names[0] = query_name  # the cache key ignores the name
         msa.format = "search"
         return msa
 

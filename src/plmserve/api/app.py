@@ -81,13 +81,7 @@ def create_app(settings: Settings | None = None, models: ModelManager | None = N
         return {"status": "ok", "version": __version__, "load_format": settings.load_format,
                 "models_loaded": app.state.models.loaded()}
 
-    for name in CONTRACTS:
-        try:
-            module = importlib.import_module(f"plmserve.api.{name}")
-        except ModuleNotFoundError as exc:  # contract not built yet
-            if exc.name != f"plmserve.api.{name}":
-                raise
-            continue
-        module.include(app)
-    importlib.import_module("plmserve.api.dashboard").include(app)  # web dashboard at / (issue 13)
+    for name in CONTRACTS:  # every contract exists: a failing import is an error, never skipped
+        importlib.import_module(f"plmserve.api.{name}").include(app)
+    importlib.import_module("plmserve.api.dashboard").include(app)  # web dashboard at /
     return app

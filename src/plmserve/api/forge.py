@@ -212,29 +212,11 @@ async def generate_tensor_endpoint(request: Request, principal: Principal = Depe
 def _logits_forward(model: Any, tokens: ProteinTokens, cfg: LogitsConfigBody) -> dict[str, Any]:
     """One forward pass as the official ``ESM3.logits`` (absent tracks take the trunk's
     defaults; ``per_res_plddt`` from the coordinates) -> the JSON response body."""
-    kwargs: dict[str, Any] = {}
-    names = {
-        "sequence": "sequence_tokens",
-        "structure": "structure_tokens",
-        "secondary_structure": "ss8_tokens",
-        "sasa": "sasa_tokens",
-        "function": "function_tokens",
-        "residue_annotations": "residue_annotation_tokens",
-    }
-    for field, kwarg in names.items():
-        value = getattr(tokens, field)
-        if value is not None:
-            kwargs[kwarg] = value.unsqueeze(0)
-    if tokens.coordinates is not None:
-        coords = tokens.coordinates.to(torch.float32)
-        kwargs["structure_coords"] = coords[:, :3, :].unsqueeze(0)
-        kwargs["per_res_plddt"] = coords.isfinite().all(-1).any(-1).to(torch.float32).unsqueeze(0)
-    kwargs["average_plddt"] = torch.tensor(1.0)
     try:
         device = next(model.parameters()).device
     except (AttributeError, StopIteration):
         device = torch.device("cpu")
-    kwargs = {k: v.to(device) for k, v in kwargs.items()}
+    kwargs = tokens.logits_kwargs(device)
     with torch.no_grad():
         out = model(**kwargs)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -158,6 +159,33 @@ class MSA:
             writer.writerow([n, s])
         return out.getvalue()
 
+    def expanded_rows(self) -> list[str]:
+        """Every row over *all* columns: match columns upper-case/``-``, insert columns lower-case
+        with ``.`` where a row has no residue in another row's insertion (Stockholm/hmmalign style).
+
+        Each gap between two match columns (and before the first / after the last) is as wide as
+        the longest insertion any row has there; a row's insertion is left-aligned in it. All rows
+        have the same length ``L + total insert width``."""
+        split = [re.split(r"([A-Z-])", row) for row in self.rows]  # inserts at even, matches at odd
+        width = [max(len(parts[k]) for parts in split) for k in range(0, 2 * self.num_columns + 1, 2)]
+        out = []
+        for parts in split:
+            chunks = []
+            for k, chunk in enumerate(parts):
+                chunks.append(chunk.ljust(width[k // 2], ".") if k % 2 == 0 else chunk)
+            out.append("".join(chunks))
+        return out
+
+    def to_stockholm(self, name: str = "msa") -> str:
+        """Stockholm 1.0 text (written by pyhmmer's easel writer) of :meth:`expanded_rows`; the
+        query is the first sequence. ``name`` becomes the ``#=GF ID`` line."""
+        from pyhmmer import easel
+
+        seqs = [easel.TextSequence(name=n.encode(), sequence=r) for n, r in zip(self.names, self.expanded_rows())]
+        buffer = io.BytesIO()
+        easel.TextMSA(name=name.encode(), sequences=seqs).write(buffer, "stockholm")
+        return buffer.getvalue().decode()
+
     def subset(self, indices: list[int]) -> "MSA":
         """A new MSA with the given rows (in that order)."""
         return MSA(
@@ -222,12 +250,18 @@ def parse_msa(data: str | bytes, format: MSAFormat | None = None, *, source: str
 def read_msa(path: str | Path, format: MSAFormat | None = None) -> MSA:
     """Read an MSA file (format sniffed from the content). See :func:`parse_msa`.
 
+    An ``.a3m`` file without lower-case insertions is reported as ``format="a3m"`` (its content
+    alone cannot tell a3m from aligned FASTA).
+
     Raises:
         FileNotFoundError: no such file.
         InvalidInputError: see :func:`parse_msa`.
     """
     path = Path(path)
-    return parse_msa(path.read_bytes(), format, source=str(path))
+    msa = parse_msa(path.read_bytes(), format, source=str(path))
+    if format is None and msa.format == "fasta" and path.suffix.lower() == ".a3m":
+        msa.format = "a3m"  # an a3m without insertions reads the same as aligned FASTA; the name says which
+    return msa
 
 
 # --------------------------------------------------------------------------------------------

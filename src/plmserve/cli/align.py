@@ -15,19 +15,52 @@ from typing import Optional
 import typer
 
 from plmserve.cli._common import cli_errors, console, progress
+from plmserve.errors import InvalidParameterError
 
 msa_app = typer.Typer(help="Homology search and MSA files (a3m, aligned FASTA, Stockholm, CSV).", no_args_is_help=True)
 prompt_app = typer.Typer(help="Sample PoET prompts from an MSA and inspect prompt files.", no_args_is_help=True)
 
 
-def _read_seed(seed: str) -> str:
-    """The seed sequence from a FASTA/plain-text file, or ``seed`` itself when it is no file."""
-    path = Path(seed)
-    if path.is_file():
-        return path.read_text()
-    if all(c.isalpha() for c in seed.strip()) and seed.strip():
-        return seed
-    raise FileNotFoundError(2, "No such file or directory", seed)
+def _read_seed(seed: str) -> tuple[str, str]:
+    """``(text, name)`` of the seed: a FASTA/plain-text file, or ``seed`` itself when it is a sequence.
+
+    ``name`` is the first FASTA record's name (the header's first word), ``seed`` when the seed has
+    no header. A seed too long to be a file name (a 286-residue sequence: ENAMETOOLONG) is the
+    sequence, not an error."""
+    text = None
+    stripped = seed.strip()
+    looks_like_sequence = bool(stripped) and all(c.isalpha() for c in stripped)
+    try:
+        is_file = Path(seed).is_file()
+    except OSError:  # e.g. ENAMETOOLONG: not a path
+        is_file = False
+    if is_file:
+        text = Path(seed).read_text()
+    if text is None:
+        if not looks_like_sequence:
+            raise FileNotFoundError(2, "No such file or directory (and not a protein sequence)", seed)
+        text = stripped
+    name = "seed"
+    first = text.lstrip()
+    if first.startswith(">"):
+        header = first[1:].split("\n", 1)[0].strip()
+        name = header.split()[0] if header else name
+    return text, name
+
+
+#: output file suffix -> MSA format written by ``msa search -o``
+OUTPUT_FORMATS = {".a3m": "a3m", ".sto": "stockholm", ".stk": "stockholm", ".stockholm": "stockholm",
+                  ".csv": "csv"}
+
+
+def _output_format(output: Path) -> str:
+    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise InvalidParameterError(
+            f"cannot tell the MSA format from the output name {output.name!r}: use a .a3m, .sto "
+            "(Stockholm) or .csv file name"
+        )
+    return fmt
 
 
 @msa_app.command("search")
@@ -35,7 +68,8 @@ def _read_seed(seed: str) -> str:
 def msa_search(
     seed: str = typer.Argument(..., help="seed: a FASTA/plain-text file (first sequence used) or the sequence itself"),
     db: Optional[Path] = typer.Option(None, "--db", help="FASTA sequence database [env PLMSERVE_MSA_DATABASE]"),
-    output: Path = typer.Option(..., "-o", "--output", help="output MSA (.a3m; .csv writes name,aligned rows)"),
+    output: Path = typer.Option(..., "-o", "--output",
+                                help="output MSA: .a3m, .sto (Stockholm) or .csv (name,aligned rows)"),
     backend: str = typer.Option("pyhmmer", "--backend", "-b", help="pyhmmer | mmseqs | colabfold"),
     iterations: int = typer.Option(1, "--iterations", "-n", help="search iterations (jackhmmer/mmseqs)"),
     evalue: float = typer.Option(1e-3, "--evalue", "-E", help="E-value threshold for hits"),
@@ -43,10 +77,15 @@ def msa_search(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="search cache [default: <data_dir>/msa-cache]"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0 = all)"),
 ) -> None:
-    """Search a sequence database for homologs of SEED and write an a3m MSA (query first)."""
+    """Search a sequence database for homologs of SEED and write an MSA (query first).
+
+    The query row keeps the seed's FASTA name (``seed`` for a bare sequence). A search that finds
+    no hits still writes the seed-only MSA and exits 0, with a warning on stderr.
+    """
     from plmserve.align import create_msa
 
-    text = _read_seed(seed)
+    fmt = _output_format(output)
+    text, name = _read_seed(seed)
     with progress() as bar:
         task = bar.add_task("search", total=100)
 
@@ -62,10 +101,23 @@ def msa_search(
             max_hits=max_hits,
             cache_dir=cache_dir,
             progress=report,
+            query_name=name,
             threads=threads,
         )
-    output.write_text(msa.to_csv() if output.suffix.lower() == ".csv" else msa.to_a3m())
-    console.print(f"{len(msa) - 1} hits, {msa.num_columns} columns -> {output}", highlight=False, soft_wrap=True)
+    if fmt == "csv":
+        output.write_text(msa.to_csv())
+    elif fmt == "stockholm":
+        output.write_text(msa.to_stockholm(name=name))
+    else:
+        output.write_text(msa.to_a3m())
+    if len(msa) == 1:
+        console.print(
+            f"[yellow]warning:[/] no hits (E-value <= {evalue:g}) in the database: {output} holds only the seed;"
+            " try a larger database, more --iterations or a larger --evalue",
+            highlight=False, soft_wrap=True,
+        )
+    console.print(f"{len(msa) - 1} hits, {msa.num_columns} columns -> {output} ({fmt})",
+                  highlight=False, soft_wrap=True)
 
 
 @msa_app.command("info")
@@ -73,12 +125,11 @@ def msa_search(
 def msa_info(
     msa_file: Path = typer.Argument(..., help="MSA file (a3m, aligned FASTA, Stockholm or CSV; sniffed)"),
     homology_level: float = typer.Option(0.8, "--homology-level", help="identity defining neighbours for N_eff"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="print one JSON object"),
 ) -> None:
     """Rows, columns, query length and N_eff of an MSA."""
     from plmserve.align.sampling import n_eff
     from plmserve.bio.msa import read_msa
-    from plmserve.errors import InvalidParameterError
 
     if not 0 <= homology_level <= 1:
         raise InvalidParameterError("The 'homology_level' must be between 0 and 1.")
@@ -114,7 +165,7 @@ def prompt_sample(
     homology_level: float = typer.Option(0.8, "--homology-level"),
     max_similarity: float = typer.Option(1.0, "--max-similarity"),
     min_similarity: float = typer.Option(0.0, "--min-similarity"),
-    include_seed: bool = typer.Option(False, "--include-seed", help="always put the seed sequence first"),
+    include_seed: bool = typer.Option(False, "--include-seed/--no-include-seed", help="always put the seed sequence first"),
 ) -> None:
     """Sample a PoET prompt ensemble from an MSA; replicates are separated by <END_PROMPT> lines."""
     from plmserve.align import sample_prompt

@@ -1,7 +1,8 @@
 """``plmserve users add|list`` and ``plmserve jobs list|show|cancel``.
 
 These commands work on the job database directly (the server's ``PLMSERVE_DATABASE_URL``, or
-the SQLite file in ``PLMSERVE_DATA_DIR``), so run them where the server runs::
+the SQLite file in ``PLMSERVE_DATA_DIR``), so run them where the server runs. Each prints the
+database it opened on stderr (``database: sqlite:////.../plmserve.db (...)``)::
 
     plmserve users add alice                 # asks for the password twice
     plmserve users add bob --password-stdin < pw.txt
@@ -50,7 +51,33 @@ def open_store(database_url: str | None = None, data_dir: Path | None = None):
     from plmserve.settings import get_settings
 
     settings = get_settings(database_url=database_url, data_dir=data_dir)
+    console.print(f"database: {describe_database(settings, database_url, data_dir)}", highlight=False,
+                  soft_wrap=True)
     return JobStore.from_settings(settings)
+
+
+def describe_database(settings, database_url: str | None = None, data_dir: Path | None = None) -> str:
+    """The database URL (password hidden) and where it came from, for one line on stderr."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    url = settings.resolved_database_url()
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: JobStore will say so
+        shown = url
+    if database_url:
+        origin = "--database-url"
+    elif settings.database_url:
+        origin = "PLMSERVE_DATABASE_URL"
+    elif data_dir:
+        origin = "SQLite file in --data-dir"
+    elif os.environ.get("PLMSERVE_DATA_DIR"):
+        origin = "SQLite file in PLMSERVE_DATA_DIR"
+    else:
+        origin = "default SQLite file: neither PLMSERVE_DATABASE_URL nor PLMSERVE_DATA_DIR is set"
+    return f"{shown} ({origin})"
 
 
 def remote_session(server: str, username: str | None, password: str | None, api_key: str | None):
@@ -141,7 +168,7 @@ def register(app: typer.Typer) -> None:
         status: Optional[str] = typer.Option(None, "--status", help="PENDING, RUNNING, SUCCESS, FAILURE, CANCELED"),
         job_type: Optional[str] = typer.Option(None, "--type", help="job type, e.g. /poet or /align/prompt"),
         limit: int = typer.Option(50, "--limit", help="at most this many (newest first)"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+        as_json: bool = typer.Option(False, "--json/--no-json", help="print JSON instead of a table"),
         server: Optional[str] = _SERVER,
         username: Optional[str] = _USER,
         password: Optional[str] = _PASSWORD,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,8 +38,25 @@ def _settings(model_dir: Path | None = None):
 
 
 def _offline(settings: Any) -> bool:
-    env = (os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")).strip().lower()
-    return bool(getattr(settings, "offline", False)) or env in {"1", "true", "yes", "on"}
+    from plmserve.models.hub import hub_offline
+
+    return hub_offline(settings)
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet (deepest first)."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_created(dirs: list[Path]) -> None:
+    """Remove folders a failed download created (deepest first), with whatever it left in them."""
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _hub_cached(repo: str) -> Path | None:
@@ -128,7 +146,7 @@ def _pull_url(spec: Any, target_dir: Path) -> Path:
         with httpx.stream("GET", spec.download_url, follow_redirects=True, timeout=60.0) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("content-length", 0)) or None
-            with progress(disable=False) as bar, partial.open("wb") as fh:
+            with progress() as bar, partial.open("wb") as fh:
                 task = bar.add_task(f"downloading {name}", total=total)
                 for chunk in resp.iter_bytes(1 << 20):
                     fh.write(chunk)
@@ -213,14 +231,30 @@ def pull_cmd(
             f"and set PLMSERVE_MODEL_DIR=<dir>"
         )
     if spec.hf_repo:
-        path = _pull_hub(spec, target / spec.slug if target else None, settings)
+        from plmserve.models.hub import OFFLINE_ADVICE, hub_unreachable
+
+        unreachable = hub_unreachable()
+        if unreachable is not None:
+            raise WeightsNotFoundError(f"cannot download '{spec.slug}': {unreachable}; {OFFLINE_ADVICE}")
+        dest = target / spec.slug if target else None
+        created = _missing_dirs(dest) if dest is not None else []
+        try:
+            path = _pull_hub(spec, dest, settings)
+        except BaseException:
+            _remove_created(created)
+            raise
     elif spec.download_url:
         base = target or (Path(settings.model_dir).expanduser() if settings.model_dir else None)
         if base is None:
             raise InvalidParameterError(
                 f"'{spec.slug}' is a single file download: pass --dir DIR (then set PLMSERVE_MODEL_DIR=DIR)"
             )
-        path = _pull_url(spec, base)
+        created = _missing_dirs(base)
+        try:
+            path = _pull_url(spec, base)
+        except BaseException:
+            _remove_created(created)
+            raise
     else:
         raise InvalidParameterError(f"'{spec.slug}' has no download source in the registry")
     typer.echo(str(path))

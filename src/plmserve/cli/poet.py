@@ -76,11 +76,13 @@ def single_site_local(
     sequence: str,
     *,
     reverse: bool = True,
+    positions: list[int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], list[list[Any]]]:
     """The single-site scan of ``sequence``: header ``mut_code,score_1..score_N``; rows ``WT``
-    then ``A1R``... (absolute log-likelihoods)."""
-    result = model.single_site(replicates, sequence, reverse=reverse, progress=on_progress)
+    then ``A1R``... (absolute log-likelihoods); only the 1-based ``positions`` when given."""
+    kwargs = {} if positions is None else {"positions": positions}
+    result = model.single_site(replicates, sequence, reverse=reverse, progress=on_progress, **kwargs)
     header = ["mut_code"] + _score_columns(len(replicates))
     return header, [[code, *(float(x) for x in scores)] for code, scores in result]
 
@@ -239,9 +241,42 @@ def _run_with_bar(label: str, fn: Callable[[Callable[[int, int], None]], Any]) -
         return fn(report)
 
 
-def _read_wild_type(sequence: str | None, fasta: Path | None) -> str:
+def parse_positions(text: str | None) -> list[int] | None:
+    """``--positions`` ("5", "1,4,9", "10-20", "1-3,8"): 1-based positions in the given order,
+    ranges inclusive, duplicates dropped; None when not given.
+
+    Raises:
+        InvalidParameterError: an item that is not a positive integer or a range ``a-b`` with a <= b.
+    """
+    if text is None:
+        return None
+    out: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        lo, sep, hi = item.partition("-")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(item), int(item))
+        except ValueError:
+            a = b = 0
+        if a < 1 or b < a:
+            raise InvalidParameterError(
+                f"--positions: {item!r} is not a 1-based position or range (e.g. --positions 1,5,10-20)"
+            )
+        out.extend(p for p in range(a, b + 1) if p not in out)
+    return out
+
+
+def _read_wild_type(sequence: str | None, fasta: Path | None, msa: Path | None = None) -> str:
+    if sequence is None and fasta is None and msa is not None:
+        from plmserve.bio.msa import read_msa
+
+        query = read_msa(msa)
+        console.print(f"wild type: the query of {msa} ({query.names[0]}, {len(query.query)} residues)",
+                      highlight=False, soft_wrap=True)
+        return query.query
     if (sequence is None) == (fasta is None):
-        raise MissingParameterError("give exactly one of --sequence or --sequence-file")
+        raise MissingParameterError(
+            "give exactly one of --sequence or --sequence-file (with --msa and neither, the MSA's query is used)"
+        )
     if fasta is not None:
         from plmserve.bio.fasta import read_fasta
 
@@ -275,7 +310,7 @@ _NUM_RESIDUES = typer.Option(None, "--num-residues", help="prompt token budget (
 _MIN_SIMILARITY = typer.Option(0.0, "--min-similarity")
 _METHOD = typer.Option(None, "--method", help="MSA sampling method")
 _MAX_SIMILARITY = typer.Option(1.0, "--max-similarity")
-_INCLUDE_SEED = typer.Option(False, "--include-seed", help="always put the MSA query in the prompt")
+_INCLUDE_SEED = typer.Option(False, "--include-seed/--no-include-seed", help="always put the MSA query in the prompt")
 _HOMOLOGY_LEVEL = typer.Option(0.8, "--homology-level")
 _VARIANTS = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV")
 
@@ -296,7 +331,7 @@ def score_cmd(
     homology_level: float = _HOMOLOGY_LEVEL,
     method: Optional[str] = _METHOD,
     include_seed: bool = _INCLUDE_SEED,
-    no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only (default: mean of forward and backward)"),
+    no_reverse: bool = typer.Option(False, "--no-reverse/--reverse", help="forward score only (default: mean of forward and backward)"),
     model: str = _MODEL,
     checkpoint: Optional[Path] = _CHECKPOINT,
     load_format: Optional[str] = _LOAD_FORMAT,
@@ -325,8 +360,11 @@ def score_cmd(
 @cli_errors
 def single_site_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="output CSV: mut_code,score_1..score_N"),
-    sequence: Optional[str] = typer.Option(None, "--sequence", "-s", help="the wild-type sequence"),
+    sequence: Optional[str] = typer.Option(
+        None, "--sequence", "-s", help="the wild-type sequence [default with --msa: the MSA's query]"),
     sequence_file: Optional[Path] = typer.Option(None, "--sequence-file", help="FASTA with the wild type"),
+    positions: Optional[str] = typer.Option(
+        None, "--positions", help="scan only these 1-based positions, e.g. 1,5,10-20 [default: all]"),
     prompt: Optional[Path] = _PROMPT,
     msa: Optional[Path] = _MSA,
     num_residues: Optional[int] = _NUM_RESIDUES,
@@ -338,7 +376,7 @@ def single_site_cmd(
     homology_level: float = _HOMOLOGY_LEVEL,
     method: Optional[str] = _METHOD,
     include_seed: bool = _INCLUDE_SEED,
-    no_reverse: bool = typer.Option(False, "--no-reverse", help="forward score only"),
+    no_reverse: bool = typer.Option(False, "--no-reverse/--reverse", help="forward score only"),
     model: str = _MODEL,
     checkpoint: Optional[Path] = _CHECKPOINT,
     load_format: Optional[str] = _LOAD_FORMAT,
@@ -350,14 +388,17 @@ def single_site_cmd(
     password: Optional[str] = _SERVER_PASSWORD,
     api_key: Optional[str] = _SERVER_KEY,
 ) -> None:
-    """Score the wild type and all 19·L single substitutions (absolute log-likelihoods)."""
-    wt = _read_wild_type(sequence, sequence_file)
+    """Score the wild type and all 19·L single substitutions (absolute log-likelihoods), or the
+    19 substitutions of each of --positions."""
+    scan = parse_positions(positions)
+    wt = _read_wild_type(sequence, sequence_file, msa)
     reps = load_prompt(prompt, msa, num_residues=num_residues, num_sequences=num_sequences, replicates=replicates,
                        seed=seed, max_similarity=max_similarity, min_similarity=min_similarity,
                        homology_level=homology_level, method=method, include_seed=include_seed)
     engine = _engine_or_server(server, username, password, api_key, model, checkpoint, load_format, model_dir, device, dtype)
     header, rows = _run_with_bar(
-        "single-site", lambda report: single_site_local(engine, reps, wt, reverse=not no_reverse, on_progress=report)
+        "single-site", lambda report: single_site_local(engine, reps, wt, reverse=not no_reverse, positions=scan,
+                                                        on_progress=report)
     )
     write_csv(output, header, rows)
     console.print(f"WT + {len(rows) - 1} substitutions x {len(reps)} prompt(s) -> {output}", highlight=False,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, get_args, get_origin
 
 import typer
 
@@ -51,16 +51,88 @@ def _has_users(settings) -> bool:
 
     A store that does not exist yet has none; it is not created here.
     """
+    return _count_users(settings) > 0
+
+
+def _count_users(settings) -> int:
+    """Number of job-service users in the job store; 0 when the store does not exist yet (it is
+    not created here)."""
     url = settings.resolved_database_url()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return False
+        return 0
     from plmserve.jobs.store import JobStore
 
     store = JobStore(url)
     try:
-        return bool(store.list_users())
+        return len(store.list_users())
     finally:
         store.close()
+
+
+def auth_summary(settings) -> str:
+    """The banner's ``auth:`` part: API keys and job-service users (both accept requests)."""
+    if settings.no_auth:
+        return "OFF (--no-auth, loopback only)"
+    users = _count_users(settings)
+    parts = [f"{len(settings.api_keys)} API key(s)", f"{users} job-service user(s)"]
+    return ", ".join(parts)
+
+
+#: help for settings whose field has no ``description`` (fields that have one use it)
+_SETTING_HELP = {
+    "host": "address to bind",
+    "port": "TCP port",
+    "no_auth": "accept requests without credentials (127.0.0.1 only)",
+    "load_format": "auto: real weights; dummy: RANDOM weights (smoke tests, benchmarks)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "dtype": "auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16",
+    "offline": "never contact the Hugging Face hub (also HF_HUB_OFFLINE=1)",
+    "max_items": "ESM-2: most sequences per request",
+    "max_residues": "ESM-2: most residues per request",
+    "toks_per_batch": "ESM-2: tokens per forward batch",
+    "esm3_batch_window_ms": "ESM3: how long a request waits for others to batch with",
+    "data_dir": "job store (plmserve.db), artifacts and the MSA search cache",
+    "database_url": "SQLAlchemy URL of the job database (default: sqlite:///<data_dir>/plmserve.db)",
+    "msa_database": "FASTA file searched for homologs (pyhmmer/mmseqs backends)",
+    "msa_backend": "homology search backend",
+    "colabfold_url": "ColabFold MSA server for the colabfold backend",
+    "workers": "job worker threads",
+}
+
+
+def settings_help() -> str:
+    """Every ``PLMSERVE_*`` environment variable with its default, generated from
+    :class:`plmserve.settings.Settings` so that the list stays complete (shown by ``serve --help``)."""
+    from pydantic_core import PydanticUndefined
+
+    from plmserve.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "PLMSERVE_")
+    entries = ["[bold]Settings[/] (environment variables; the flags above override them):"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            try:
+                default = field.default_factory()  # type: ignore[call-arg]
+            except TypeError:  # a factory that takes the other fields' values
+                default = "computed"
+        elif field.default is PydanticUndefined:
+            default = "required"
+        else:
+            default = field.default
+        if default is None:
+            default = "unset"
+        elif isinstance(default, list):
+            default = "[]" if not default else str(default)
+        text = f"{prefix}{name.upper()}"
+        description = field.description or _SETTING_HELP.get(name)
+        if get_origin(field.annotation) is Literal:
+            choices = " | ".join(map(str, get_args(field.annotation)))
+            description = f"{description} ({choices})" if description else choices
+        if description:
+            text += f": {description}"
+        text += f" \\[default: {default}]"
+        entries.append(text)
+    return "\n".join(entries)
 
 
 def log_config() -> dict:
@@ -78,7 +150,7 @@ def log_config() -> dict:
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to the root CLI."""
 
-    @app.command("serve")
+    @app.command("serve", epilog=settings_help())
     @cli_errors
     def serve(
         host: Optional[str] = typer.Option(None, "--host", help="address to bind (default 127.0.0.1; env PLMSERVE_HOST)"),
@@ -107,12 +179,10 @@ def register(app: typer.Typer) -> None:
         from plmserve.api.app import create_app
 
         application = create_app(settings)
-        auth = "OFF (--no-auth, loopback only)" if settings.no_auth else f"{len(settings.api_keys)} API key(s)"
+        auth = auth_summary(settings)
         console.print(
             f"plmserve: http://{settings.host}:{settings.port}  (dashboard: /, docs: /docs)  auth: {auth}  "
             f"load-format: {settings.load_format}", highlight=False, soft_wrap=True)
-        if settings.load_format == "dummy":
-            console.print("[bold yellow]WARNING:[/] load-format=dummy: every model has RANDOM weights; "
-                          "outputs are meaningless (responses carry X-Plmserve-Load-Format: dummy)", soft_wrap=True)
+        # load-format=dummy: create_app logged the RANDOM-weights warning once already
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
                     log_config=log_config())

@@ -15,6 +15,7 @@ The server always averages forward and backward scores (``reverse=True``).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from plmserve.client.errors import JobFailedException
 from plmserve.client.jobs import AsyncJobFuture, Job
-from plmserve.errors import InvalidParameterError
+from plmserve.errors import InvalidInputError, InvalidParameterError
 
 Progress = Callable[[int, int], None]
 
@@ -101,15 +102,30 @@ class RemoteEngine:
         return out if _is_list_of_lists(prompt) else out[0]
 
     def single_site(self, prompt: Any, sequence: str, *, reverse: bool = True,
+                    positions: list[int] | None = None,
                     progress: Progress | None = None) -> list[tuple[str, Any]]:
-        """``[("WT", scores), ("A1R", scores), ...]``."""
+        """``[("WT", scores), ("A1R", scores), ...]``; with ``positions`` (1-based) the server's full
+        scan is filtered to the wild type and those positions, in the given order."""
         self._check_reverse(reverse)
         prompt_id, _ = self._prompt(prompt)
         future = self.session.poet.single_site(prompt_id, sequence)
         self._wait(future, progress)
         many = _is_list_of_lists(prompt)
-        return [("WT" if r.sequence == b"input" else r.sequence.decode(),
+        rows = [("WT" if r.sequence == b"input" else r.sequence.decode(),
                  np.array(r.score) if many else float(r.score[0])) for r in future.get()]
+        if positions is None:
+            return rows
+        for p in positions:
+            if not 1 <= p <= len(sequence):
+                raise InvalidInputError(f"position {p} is outside the sequence (1..{len(sequence)})", position=p)
+        keep, by_position = [], {}
+        for code, score in rows:
+            match = re.fullmatch(r"[A-Z](\d+)[A-Z]", code)
+            if match is None:  # the wild-type row
+                keep.append((code, score))
+            else:
+                by_position.setdefault(int(match.group(1)), []).append((code, score))
+        return keep + [row for p in positions for row in by_position.get(p, [])]
 
     def generate(self, prompt: Any, n: int, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, max_length: int = 1000, seed: int | None = None,

@@ -232,7 +232,9 @@ def test_gated_repo_message(tmp_path, monkeypatch):
         raise GatedRepoError(f"Access to {repo_id} is restricted", response=httpx.Response(403, request=request))
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)  # also means offline (as for ESM-2)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr("plmserve.models.esm3.loader.hub_unreachable", lambda: None)  # as if online
     with pytest.raises(WeightsNotFoundError) as info:
         locate_weights(SPEC, Settings(model_dir=tmp_path, offline=False))
     msg = str(info.value)

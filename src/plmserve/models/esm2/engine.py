@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from plmserve.bio.mutations import parse_mutant
 from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
 
 from .alphabet import (
+    ALL_TOKENS,
     BOS_ID,
     EOS_ID,
     MASK_ID,
@@ -50,112 +50,23 @@ from .alphabet import (
     split_tokens,
     validate_sequences,
 )
-from .weights import MAX_POSITIONS, esm2_config
+from .architecture import (  # noqa: F401 (ATTN_IMPLEMENTATION, attention_maps, build_hf_model re-exported)
+    ATTN_IMPLEMENTATION,
+    MAX_POSITIONS,
+    _register_attention,
+    _state,
+    attention_maps,
+    build_hf_model,
+    esm2_config,
+)
 
 logger = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATION = "plmserve_esm2"
 INCLUDE_KEYS = ("mean", "per_token", "bos", "contacts", "logits", "attentions")
-
-_state = threading.local()  # per-thread: the attention collector and the hidden-state capture
 
 
 class _StopForward(Exception):
     """Raised by a hook once every requested layer has been computed."""
-
-
-# --------------------------------------------------------------------------------------------
-# attention: fused SDPA, or explicit softmax with the weights handed to a collector
-
-
-def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention function registered with transformers' ``AttentionInterface``.
-
-    Shapes: query/key/value ``[B, H, T, D]`` (the query already scaled by ``D**-0.5`` and rotated,
-    as in fair-esm); ``attention_mask`` boolean ``[B, 1, T, T]`` (True = attend) or None.
-    Returns ``([B, T, H, D], None)``.
-    """
-    scale = 1.0 if scaling is None else scaling
-    collector = getattr(_state, "collector", None)
-    debug = getattr(_state, "debug", None)
-    if debug is not None:
-        prev = collector
-
-        def collector(probs, _prev=prev):
-            debug(probs.clone())
-            if _prev is not None:
-                _prev(probs)
-
-    if collector is None:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
-        return out.transpose(1, 2).contiguous(), None
-    scores = torch.matmul(query, key.transpose(-1, -2))
-    if scale != 1.0:
-        scores = scores * scale
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores.float(), dim=-1)
-    collector(probs)
-    out = torch.matmul(probs.to(value.dtype), value)
-    return out.transpose(1, 2).contiguous(), None
-
-
-_registered = False
-
-
-class attention_maps:
-    """Context manager that records the full attention weights of every forward pass run in this
-    thread while it is active (tests/debugging): ``with attention_maps() as maps: engine.encode(...)``
-    leaves ``maps`` = one float32 ``[B, H, T, T]`` tensor per layer and batch, in call order."""
-
-    def __init__(self) -> None:
-        self.maps: list[torch.Tensor] = []
-
-    def __enter__(self) -> list[torch.Tensor]:
-        _state.debug = self.maps.append
-        return self.maps
-
-    def __exit__(self, *exc) -> None:
-        _state.debug = None
-
-
-def _register_attention() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-    _registered = True
-
-
-def build_hf_model(config, state_dict: dict[str, torch.Tensor] | None = None):
-    """An ``EsmForMaskedLM`` (eval mode) with plmserve's attention function, optionally loaded
-    strictly from an HF-layout ``state_dict``.
-
-    Raises:
-        ModelLoadError: missing or unexpected keys, or shape mismatches.
-    """
-    from transformers import EsmForMaskedLM
-
-    _register_attention()
-    config._attn_implementation = ATTN_IMPLEMENTATION
-    model = EsmForMaskedLM(config)
-    if state_dict is not None:
-        try:
-            missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"ESM-2 weights do not fit the architecture: {exc}") from exc
-        missing = [k for k in missing if not k.startswith("esm.contact_head.") and k != "lm_head.decoder.weight"]
-        if missing or unexpected:
-            raise ModelLoadError(f"ESM-2 weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-        model.tie_weights()
-    return model.eval()
 
 
 def resolve_device_dtype(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"):
@@ -335,7 +246,8 @@ class ESM2Engine:
                 model.lm_head.bias.normal_(0.0, 0.1)
         finally:
             torch.random.set_rng_state(gen_state)
-        logger.warning("model %s uses RANDOM weights (load format 'dummy'): outputs are meaningless", slug or "esm2")
+        logger.warning("model %s uses RANDOM weights (load format 'dummy'): outputs are meaningless", slug or "esm2",
+                       extra={"plmserve_dummy": True})  # the CLI prints its own warning instead
         return cls(model, slug=slug or "esm2-dummy", load_format="dummy", source=None, **kw)
 
     # ---------------------------------------------------------------- hooks
@@ -569,6 +481,71 @@ class ESM2Engine:
 
         self._run(work)
         return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- full outputs (fair-esm style)
+
+    vocab_tokens: list[str] = list(ALL_TOKENS)
+    """The 33 fair-esm tokens in id order: the columns of :meth:`full_logits`."""
+
+    def full_logits(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """LM-head logits over the whole vocabulary at every token, as fair-esm's
+        ``model(tokens)["logits"]``.
+
+        Args:
+            sequences: protein sequences (``<mask>`` allowed), see :meth:`validate`.
+
+        Returns:
+            Per sequence, in input order: float32 ``[L + 2, 33]``; row 0 is BOS, rows ``1..L`` the
+            residues, row ``L + 1`` EOS; columns are :attr:`vocab_tokens` (fair-esm ids:
+            ``<cls> <pad> <eos> <unk> L A G ... <mask>``). Batches are padded internally; padding
+            never changes the values.
+
+        Raises:
+            InvalidInputError: bad sequences (see :meth:`validate`).
+        """
+        seqs = self.validate(sequences, allow_mask=True)
+        ids = [encode_residues(s) for s in seqs]
+        out: list[np.ndarray | None] = [None] * len(seqs)
+
+        def work():
+            for batch in _token_batches([len(r) for r in ids], self.toks_per_batch):
+                res = self._forward([ids[i] for i in batch], logits=True)
+                for b, i in enumerate(batch):
+                    out[i] = _np(res["logits"][b, : int(res["lengths"][b]) + 2])
+
+        self._run(work)
+        return out  # type: ignore[return-value]
+
+    def attention_weights(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """Every layer's and head's attention probabilities, as fair-esm's
+        ``model(tokens, need_head_weights=True)["attentions"]`` (without padding).
+
+        Args:
+            sequences: protein sequences (``<mask>`` allowed), see :meth:`validate`.
+
+        Returns:
+            Per sequence, in input order: float32 ``[n_layers, heads, L + 2, L + 2]`` (query, key;
+            BOS and EOS included; each row sums to 1). Memory: ``4 * n * H * (L+2)**2`` bytes per
+            sequence (650M, L=1022: 0.7 GB); sequences run one at a time.
+
+        Raises:
+            InvalidInputError: bad sequences (see :meth:`validate`).
+        """
+        seqs = self.validate(sequences, allow_mask=True)
+        out: list[np.ndarray] = []
+
+        def work():
+            for s in seqs:
+                maps: list[torch.Tensor] = []
+                _state.collector = lambda probs: maps.append(probs[0].cpu())
+                try:
+                    self.model.esm(input_ids=self._tokens([encode_residues(s)])[0])
+                finally:
+                    _state.collector = None
+                out.append(torch.stack(maps).float().numpy())
+
+        self._run(work)
+        return out
 
     # ---------------------------------------------------------------- predict
 

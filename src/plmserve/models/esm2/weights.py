@@ -10,7 +10,8 @@ Search order used by :func:`locate_weights` (first hit wins):
    the torch-hub format) in ``<PLMSERVE_MODEL_DIR>``, ``<PLMSERVE_MODEL_DIR>/<slug>/`` or the torch
    hub checkpoint folder (``~/.cache/torch/hub/checkpoints``), converted on load;
 4. a download from the hub (``huggingface_hub.snapshot_download``), unless offline
-   (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+   (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or the hub is unreachable (one fast check,
+   :func:`plmserve.models.hub.hub_unreachable`: the error then names the network cause).
 
 Nothing found: one :class:`~plmserve.errors.WeightsNotFoundError` that lists every place searched.
 
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plmserve.errors import ModelLoadError, WeightsNotFoundError
+from plmserve.models.hub import OFFLINE_ADVICE, hub_offline, hub_unreachable  # noqa: F401 (hub_offline re-exported)
+
+from .architecture import MAX_POSITIONS, build_hf_model, esm2_config  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-MAX_POSITIONS = 1026  # BOS + 1024 residues + EOS
 
 _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model.bin.index.json")  # fmt: skip
@@ -47,40 +50,6 @@ _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorc
 
 # --------------------------------------------------------------------------------------------
 # configuration
-
-
-def esm2_config(num_layers: int, embed_dim: int, attention_heads: int) -> "EsmConfig":
-    """The ``transformers.EsmConfig`` of an ESM-2 model of the given shape.
-
-    ESM-2 facts (fair-esm ``esm.model.esm2.ESM2``): 33-token vocabulary, pre-LayerNorm blocks,
-    FFN width 4 x ``embed_dim``, rotary positions, token dropout, LayerNorm eps 1e-5, final
-    ``emb_layer_norm_after``, LM head tied to the token embedding, 1026 positions.
-    """
-    from transformers import EsmConfig
-
-    if embed_dim % attention_heads:
-        raise ModelLoadError(f"embed_dim {embed_dim} is not divisible by attention_heads {attention_heads}")
-    return EsmConfig(
-        vocab_size=33,
-        mask_token_id=32,
-        pad_token_id=1,
-        hidden_size=embed_dim,
-        num_hidden_layers=num_layers,
-        num_attention_heads=attention_heads,
-        intermediate_size=4 * embed_dim,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        max_position_embeddings=MAX_POSITIONS,
-        initializer_range=0.02,
-        layer_norm_eps=1e-5,
-        position_embedding_type="rotary",
-        use_cache=True,
-        emb_layer_norm_before=False,
-        token_dropout=True,
-        is_folding_model=False,
-        tie_word_embeddings=True,
-    )
 
 
 def _heads_for(embed_dim: int) -> int:
@@ -247,8 +216,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         FileNotFoundError: ``src`` does not exist.
         ModelLoadError: not a readable ESM-2 checkpoint.
     """
-    from .engine import build_hf_model
-
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(2, "No such file", str(src))
@@ -306,12 +273,6 @@ class WeightsLocation:
 def is_hf_dir(path: Path) -> bool:
     """A folder with ``config.json`` and HF weights."""
     return path.is_dir() and (path / "config.json").is_file() and any((path / f).is_file() for f in _HF_WEIGHT_FILES)
-
-
-def hub_offline(settings: Any) -> bool:
-    """True when the network must not be used (``settings.offline`` or ``HF_HUB_OFFLINE``)."""
-    env = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return bool(getattr(settings, "offline", False)) or env.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def torch_hub_checkpoint_dir() -> Path:
@@ -416,16 +377,22 @@ def locate_weights(
         if f.is_file():
             return WeightsLocation("fair-esm", f)
         searched.append(f"{f} (fair-esm checkpoint)")
+    unreachable = None
     if spec.hf_repo and download and not offline:
+        unreachable = hub_unreachable()
+    if spec.hf_repo and download and not offline and unreachable is None:
         snap = _hub_snapshot(spec.hf_repo, local_only=False)
         if snap is not None:
             return WeightsLocation("hf-hub", snap)
         searched.append(f"Hugging Face hub download of {spec.hf_repo} (no weights in the repository)")
+    elif unreachable is not None:
+        searched.append(f"Hugging Face hub download of {spec.hf_repo} (not attempted: the hub is unreachable)")
     elif spec.hf_repo:
         searched.append(f"no download from the Hugging Face hub ({'offline mode' if offline else 'download disabled'})")
+    network = f"The network is the cause: {unreachable}; {OFFLINE_ADVICE}. " if unreachable else ""
     raise WeightsNotFoundError(
         f"weights for model '{spec.slug}' ({spec.hf_repo or spec.official_files[0]}) were not found. "
-        f"Searched: {'; '.join(searched)}. To get them: run `plmserve models pull {spec.slug}` on a "
+        f"Searched: {'; '.join(searched)}. {network}To get them: run `plmserve models pull {spec.slug}` on a "
         f"connected machine and copy the folder it prints to <dir>/{spec.slug}/ here, then set "
         f"PLMSERVE_MODEL_DIR=<dir> (or put {spec.official_files[0] if spec.official_files else 'the checkpoint'} "
         f"in PLMSERVE_MODEL_DIR); or start with --load-format dummy for random weights (smoke tests only)."

@@ -14,6 +14,11 @@ Public interface (the sampler, the Forge API and the CLI build on these):
 - :class:`ESM3Config` -- ``open_small()`` (1536/24/256/48) and ``tiny()`` (64/4/4/2).
 - :func:`default_inputs`, :func:`default_tokens`, :func:`default_coordinates`,
   :func:`per_residue_plddt_from_coordinates` -- the official default/mock tracks.
+- :func:`logits_kwargs_from_wire` -- Forge wire tokens (the JSON ``inputs`` object) -> the
+  keyword arguments of ``ESM3.logits`` (:meth:`ProteinTokens.logits_kwargs`)::
+
+      out = model.logits(**logits_kwargs_from_wire({"sequence": [0, 20, 15, 11, 2]}))
+
 - :mod:`plmserve.models.esm3.constants` -- vocabularies, special ids, track names.
 """
 
@@ -31,16 +36,19 @@ from plmserve.models.esm3.model import (
     default_tokens,
     per_residue_plddt_from_coordinates,
 )
+from plmserve.models.esm3.sampler import ProteinTokens, logits_kwargs_from_wire
 
 __all__ = [
     "ESM3",
     "ESM3Config",
     "ESM3Output",
+    "ProteinTokens",
     "constants",
     "default_coordinates",
     "default_inputs",
     "default_tokens",
     "load",
+    "logits_kwargs_from_wire",
     "per_residue_plddt_from_coordinates",
 ]
 

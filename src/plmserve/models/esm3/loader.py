@@ -9,7 +9,8 @@ Search order of :func:`locate_weights` (first hit wins):
    ``data/weights/esm3_sm_open_v1.pth``);
 3. the Hugging Face hub cache of the registry's repos (``EvolutionaryScale/esm3-sm-open-v1``, then
    ``biohub/esm3-sm-open-v1``), file ``data/weights/esm3_sm_open_v1.pth``;
-4. a download from those repos, unless offline (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+4. a download from those repos, unless offline (``PLMSERVE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or
+   the hub is unreachable (one fast check, :func:`plmserve.models.hub.hub_unreachable`: no retries).
    The EvolutionaryScale repo is gated: accept the licence on its hub page and export ``HF_TOKEN``.
 
 Nothing found: one :class:`~plmserve.errors.WeightsNotFoundError` that lists every place searched
@@ -22,7 +23,6 @@ Device/dtype: ``settings.device`` ``auto`` = CUDA when available, else CPU; ``se
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from plmserve.errors import InvalidParameterError, WeightsNotFoundError
 from plmserve.models.esm3 import constants as C
 from plmserve.models.esm3.model import ESM3, ESM3Config, find_weights_file
+from plmserve.models.hub import OFFLINE_ADVICE, hub_offline, hub_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +77,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 def _offline(settings: Any) -> bool:
-    return bool(getattr(settings, "offline", False)) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in (
-        "1",
-        "true",
-        "yes",
-    )
+    return hub_offline(settings)
 
 
 def _hub_repos(spec: Any) -> list[str]:
@@ -141,8 +138,12 @@ def locate_weights(spec: Any, settings: Any) -> Path:
                 return Path(hf_hub_download(repo, repo_path, local_files_only=True))
             except Exception:  # not cached (LocalEntryNotFoundError and friends)
                 pass
+        unreachable = None if offline else hub_unreachable()
         if offline:
             reasons.append("offline (PLMSERVE_OFFLINE/HF_HUB_OFFLINE set): the hub was not contacted")
+        elif unreachable is not None:
+            searched.append("no download (the hub is unreachable)")
+            reasons.append(f"the network is the cause: {unreachable}; {OFFLINE_ADVICE}")
         else:
             for repo in _hub_repos(spec):
                 searched.append(f"download from https://huggingface.co/{repo}")
@@ -209,7 +210,8 @@ def load_esm3(spec: Any, settings: Any) -> ESM3:
     if getattr(settings, "load_format", "auto") == "dummy":
         model = ESM3.dummy(spec_config(spec), seed=0, device=device, dtype=dtype)
         model.name = f"{spec.slug} (dummy weights)"
-        logger.warning("%s: random (dummy) weights -- outputs are meaningless", spec.slug)
+        logger.warning("%s: random (dummy) weights -- outputs are meaningless", spec.slug,
+                       extra={"plmserve_dummy": True})  # the CLI prints its own warning instead
         return model
     path = locate_weights(spec, settings)
     config = None

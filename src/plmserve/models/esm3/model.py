@@ -423,8 +423,8 @@ class ESM3(nn.Module):
 
         Args:
             state_dict: ``esm3_sm_open_v1.pth`` contents (or the tiny model's ``model.pth``).
-            config: architecture; default inferred from the tensor shapes, with head width 64
-                (``n_heads = d_model // 64``, as in every released ESM3) when not given.
+            config: architecture; default inferred from the tensor shapes (:func:`infer_config`:
+                ``n_heads`` only for a known ``d_model``, else ModelLoadError).
             device, dtype: target; default CPU and the file's dtype cast to float32.
 
         Raises:
@@ -460,9 +460,14 @@ class ESM3(nn.Module):
         optional ``config.json`` next to the file (or in the directory) gives ``d_model``,
         ``n_heads``, ``v_heads``, ``n_layers`` (and ``residue_annotation_vocab_size``).
 
+        Without ``config`` and ``config.json`` the architecture is read from the tensor shapes;
+        ``n_heads`` cannot be, so weights whose ``d_model`` is not a known size are refused
+        (:func:`infer_config`) instead of loaded with a guessed head count.
+
         Raises:
             WeightsNotFoundError: nothing loadable at ``path``.
-            ModelLoadError: the file is not a state dict of this architecture.
+            ModelLoadError: the file is not a state dict of this architecture; or ``n_heads``
+                unknown (no config, no ``config.json``, ``d_model`` not a known size).
         """
         weights = find_weights_file(Path(path))
         if config is None:
@@ -736,15 +741,21 @@ def _check_inputs(*, residue_vocab: int, **kw: torch.Tensor | None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+#: attention heads of the ESM3 configurations whose ``d_model`` identifies them: the released
+#: esm3_sm_open_v1 (1536 -> 24) and the official tiny test model ``ESM3(64, 4, 4, 2)``
+KNOWN_N_HEADS: dict[int, int] = {C.ESM3_OPEN_SMALL["d_model"]: C.ESM3_OPEN_SMALL["n_heads"], 64: 4}
+
+
 def infer_config(state_dict: dict[str, torch.Tensor]) -> ESM3Config:
     """Architecture from the tensor shapes of an official state dict.
 
-    d_model, v_heads, n_layers and the residue vocabulary are read from the shapes; n_heads is not
-    visible in the shapes and is taken as d_model // 64 (head width 64, as in esm3_sm_open_v1).
-    Pass a config (or a ``config.json``) for other head counts.
+    d_model, v_heads, n_layers and the residue vocabulary are read from the shapes. n_heads is not
+    visible in the shapes (the fused QKV projection is ``3d x d`` for any head count): it is taken
+    from :data:`KNOWN_N_HEADS` for a known ``d_model`` and otherwise never guessed.
 
     Raises:
-        ModelLoadError: not an ESM3 state dict.
+        ModelLoadError: not an ESM3 state dict; or a ``d_model`` of no known configuration (pass
+            ``config=ESM3Config(...)`` or put a ``config.json`` with ``n_heads`` next to the weights).
     """
     try:
         d = state_dict["encoder.sequence_embed.weight"].shape[1]
@@ -754,7 +765,14 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> ESM3Config:
         raise ModelLoadError(f"not an ESM3 trunk state dict: key {exc} is missing") from exc
     prefix = "transformer.blocks."
     n_layers = 1 + max(int(k[len(prefix) :].split(".", 1)[0]) for k in state_dict if k.startswith(prefix))
-    n_heads = max(1, d // 64)
+    if d not in KNOWN_N_HEADS:
+        raise ModelLoadError(
+            f"cannot tell the number of attention heads of these ESM3 weights (d_model={d}, {n_layers} layers; "
+            f"known sizes: {', '.join(f'{k} -> {v} heads' for k, v in KNOWN_N_HEADS.items())}): put a config.json "
+            '{"d_model": ..., "n_heads": ..., "v_heads": ..., "n_layers": ...} next to the weights, or pass '
+            "config=ESM3Config(...)"
+        )
+    n_heads = KNOWN_N_HEADS[d]
     return ESM3Config(d_model=d, n_heads=n_heads, v_heads=v, n_layers=n_layers, residue_annotation_vocab_size=n_res)
 
 

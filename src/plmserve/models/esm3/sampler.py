@@ -183,6 +183,47 @@ class ProteinTokens:
         out.validate()
         return out
 
+    def logits_kwargs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Batch-1 keyword arguments of :meth:`plmserve.models.esm3.ESM3.logits` (and ``forward``)
+        for these tokens, built as the official ``ESM3.logits`` builds them from an
+        ``ESMProteinTensor`` (the Forge ``/api/v1/logits`` path)::
+
+            kwargs = ProteinTokens.from_lists(wire_inputs).logits_kwargs()
+            out = model.logits(**kwargs)          # out.sequence_logits: [1, N, 64] ...
+
+        Returns:
+            ``sequence_tokens``, ``structure_tokens``, ``ss8_tokens``, ``sasa_tokens`` int64
+            ``[1, N]``, ``function_tokens`` int64 ``[1, N, 8]``, ``residue_annotation_tokens``
+            int64 ``[1, N, 16]`` (present tracks only; absent ones take the trunk's defaults);
+            with coordinates ``structure_coords`` float32 ``[1, N, 37, 3]`` (NaN = missing atom)
+            and ``per_res_plddt`` float32 ``[1, N]`` (1.0 where any atom is finite), else
+            ``per_res_plddt`` zeros; ``average_plddt`` = 1.0. On ``device`` (default CPU).
+            Source: ``esm3-model.md`` §1 (official ``ESM3.logits``).
+        """
+        from plmserve.models.esm3.model import per_residue_plddt_from_coordinates
+
+        names = {
+            "sequence": "sequence_tokens",
+            "structure": "structure_tokens",
+            "secondary_structure": "ss8_tokens",
+            "sasa": "sasa_tokens",
+            "function": "function_tokens",
+            "residue_annotations": "residue_annotation_tokens",
+        }
+        kwargs: dict[str, torch.Tensor] = {}
+        for name, kwarg in names.items():
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[kwarg] = value.to(torch.long).unsqueeze(0)
+        if self.coordinates is not None:
+            coords = self.coordinates.to(torch.float32).unsqueeze(0)
+            kwargs["structure_coords"] = coords
+            kwargs["per_res_plddt"] = per_residue_plddt_from_coordinates(coords)
+        else:
+            kwargs["per_res_plddt"] = torch.zeros(1, len(self), dtype=torch.float32)
+        kwargs["average_plddt"] = torch.tensor(1.0)
+        return {k: v.to(device) for k, v in kwargs.items()} if device is not None else kwargs
+
     def to_lists(self) -> dict[str, Any]:
         """The Forge wire form: all seven keys, ``None`` for absent tracks, NaN/inf -> ``None``
         in coordinates, key ``residue_annotation`` (singular)."""
@@ -319,6 +360,19 @@ def _coordinates_tensor(value: Any) -> torch.Tensor:
         raise InvalidInputError(
             f"inputs.coordinates: expected an [N, 37, 3] nested list of numbers or null ({exc})"
         ) from None
+
+
+def logits_kwargs_from_wire(inputs: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Forge wire tokens (the JSON ``inputs`` object: ``sequence``, ``structure``,
+    ``secondary_structure``, ``sasa``, ``function``, ``residue_annotation``, ``coordinates``) ->
+    the keyword arguments of :meth:`plmserve.models.esm3.ESM3.logits`, validated.
+
+    Shapes and defaults: :meth:`ProteinTokens.logits_kwargs`.
+
+    Raises:
+        InvalidInputError: see :meth:`ProteinTokens.from_lists` (names the track and position).
+    """
+    return ProteinTokens.from_lists(inputs).logits_kwargs(device)
 
 
 def empty_tokens(length: int) -> ProteinTokens:

@@ -7,6 +7,9 @@ Everything here works on CPU (float32/float64) and CUDA (float32/bfloat16/float1
     prompt = ["MKTAYIAK...", "MSIQHFRV..."]                   # homologs (ungapped)
     model.score(prompt, ["MKTAYIAK...", ...])                 # -> [n_seqs] log-likelihoods (nats)
     model.score([prompt_a, prompt_b], seqs)                   # replicates -> [2, n_seqs]
+    model.score(prompt, seqs, direction="backward")           # the reversed problem only
+    model.token_log_probs(prompt, "MKTAYIAK...")              # -> [L + 1] per-token log p (nats)
+    model.logits(prompt, "MKTAYIAK...")                       # -> [L + 1, 24] next-token logits
     model.single_site(prompt, wild_type)                      # -> [("WT", s), ("A1R", s), ...]
     model.generate(prompt, 10, temperature=1.0, seed=1)       # -> [(sequence, log-likelihood)]
 
@@ -139,6 +142,21 @@ def _replicates(prompt: Any) -> list[Any]:
     if hasattr(prompt, "replicates"):
         return list(prompt.replicates)
     return list(prompt)
+
+
+_DIRECTIONS = {"both": [False, True], "forward": [False], "backward": [True]}
+
+
+def _directions(reverse: bool, direction: str | None) -> list[bool]:
+    """The directions scored (False = forward, True = backward)."""
+    if direction is None:
+        return [False, True] if reverse else [False]
+    try:
+        return list(_DIRECTIONS[direction])
+    except KeyError:
+        raise InvalidParameterError(
+            f"unknown direction {direction!r}; expected one of {', '.join(_DIRECTIONS)}"
+        ) from None
 
 
 def ensemble_mean(scores: np.ndarray) -> np.ndarray:
@@ -382,12 +400,72 @@ class PoET:
                 on_batch(len(batch))
         return out
 
+    # ------------------------------------------------------------------ per-token outputs
+    def _one_sequence(self, prompt: Any, sequence: str, reverse: bool) -> tuple[PromptCache, np.ndarray, Tensor]:
+        if _is_ensemble(prompt):
+            raise InvalidParameterError("per-token outputs take one prompt, not replicates; call once per replicate")
+        seq = A.check_sequence(sequence, what="sequence")
+        cache = prompt if isinstance(prompt, PromptCache) else self.embed(prompt, reverse=reverse)
+        ids = A.encode_sequence(seq, reverse=cache.reverse)
+        inp = torch.as_tensor(ids[None, :-1], device=self.device)
+        pos = torch.arange(inp.shape[1], device=self.device)[None]
+        logits, _ = self.model.decode(inp, pos, memory=cache.memory)
+        return cache, ids, logits[0]
+
+    def logits(self, prompt: Any, sequence: str, *, reverse: bool = False) -> np.ndarray:
+        """Next-token logits along ``sequence`` given ``prompt`` (one forward pass, teacher forced).
+
+        The input is ``*SEQ`` (start token + residues; ``$QES`` reversed, with the prompt
+        reversed too, when ``reverse``); row ``t`` is the unnormalised distribution of token
+        ``t + 1``: rows ``0..L-1`` predict the residues, row ``L`` the stop token.
+
+        Args:
+            prompt: one prompt (list of sequences or ``(name, sequence)``), or a
+                :class:`PromptCache` (then its own direction is used and ``reverse`` is ignored).
+            sequence: the query (ungapped, ``L`` residues).
+            reverse: the backward direction (official ``score.py``'s second half).
+
+        Returns:
+            float32 ``[L + 1, 24]``; columns are token ids: ``ARNDCQEGHILKMFPSTWYV`` (0-19), ``-``,
+            ``*`` (start), ``$`` (stop), ``X`` (:data:`plmserve.models.poet.alphabet.TOKENS`).
+            Source: official ``PoET.logits(x, memory)`` (``poet-model.md`` §4).
+
+        Raises:
+            InvalidInputError: a bad character. InvalidParameterError: several prompts.
+        """
+        with torch.inference_mode():
+            _, _, logits = self._one_sequence(prompt, sequence, reverse)
+            return logits.float().cpu().numpy()
+
+    def token_log_probs(self, prompt: Any, sequence: str, *, reverse: bool = False) -> np.ndarray:
+        """Natural-log probability of each scored token of ``sequence`` given ``prompt``.
+
+        Entry ``t`` is ``log p(token t+1 | prompt, tokens <= t)``: the ``L`` residues, then the
+        stop token (``L + 1`` entries; in the backward direction the residues reversed, then the
+        start token). ``X``/``B``/``Z`` targets are 0. The sum equals
+        ``score(prompt, [sequence], direction="backward" if reverse else "forward")``.
+
+        Args: as :meth:`logits`.
+
+        Returns:
+            float64 ``[L + 1]`` (log-softmax in float32 or wider, from :meth:`logits`).
+            Source: ``poet-model.md`` §5 (per-token terms of the log-likelihood).
+
+        Raises:
+            InvalidInputError: a bad character. InvalidParameterError: several prompts.
+        """
+        with torch.inference_mode():
+            _, ids, logits = self._one_sequence(prompt, sequence, reverse)
+            targets = torch.as_tensor(ids[None, 1:], device=self.device)
+            return self._token_logprobs(logits[None], targets)[0].double().cpu().numpy()
+
     def score(
         self,
         prompt: Any,
         sequences: Sequence[str],
         *,
         reverse: bool = True,
+        direction: str | None = None,
         progress: Progress | None = None,
     ) -> np.ndarray:
         """Log-likelihood of each sequence given the prompt (natural log, summed; spec §5).
@@ -398,6 +476,8 @@ class PoET:
             sequences: the sequences to score (ungapped; ``X``/``B``/``Z`` allowed and not scored).
             reverse: average the forward and the reversed (backward) score, as the official
                 ``score.py`` does.
+            direction: ``"forward"``, ``"backward"`` (the reversed problem only) or ``"both"``
+                (the mean); when given it replaces ``reverse``.
             progress: ``progress(done, total)`` after each batch (total = sequences x prompts x
                 directions).
 
@@ -407,14 +487,15 @@ class PoET:
 
         Raises:
             InvalidInputError: empty list, or a bad character (names the item, position, character).
+            InvalidParameterError: an unknown ``direction``.
         """
         if isinstance(sequences, str):
             sequences = [sequences]
+        directions = _directions(reverse, direction)
         seqs = [A.check_sequence(s, what="sequence", item=i) for i, s in enumerate(sequences)]
         if not seqs:
             raise InvalidInputError("no sequences to score")
         prompts = _replicates(prompt) if _is_ensemble(prompt) else [prompt]
-        directions = [False, True] if reverse else [False]
         total = len(seqs) * sum(1 if isinstance(p, PromptCache) else len(directions) for p in prompts)
         tick = _progress_counter(total, progress)
 

@@ -48,19 +48,59 @@ class EnsembleResult:
     per_config: list[EnsembleConfigScore] = field(default_factory=list)
 
 
-def sample_score_py_prompt(msa: Any, max_tokens: int, max_similarity: float, seed: int = SCORE_PY_SEED):
-    """The prompt of one grid point: ``(row indices, sequences)`` (official sampling recipe)."""
-    from plmserve.align import sample_prompt
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The official sampler's settings for each grid point of :func:`score_py_ensemble`, with the
+    official arguments' meaning (``scripts/score.py`` uses the defaults):
 
-    sampled = sample_prompt(
-        msa,
-        method="NEIGHBORS_NONGAP_NORM_NO_LIMIT",
-        num_residues=max_tokens,
-        homology_level=0.8,
-        max_similarity=max_similarity,
-        random_seed=seed,
-    )
-    return sampled.indices[0], [s for _, s in sampled.replicates[0]]
+    ``MSASampler(method=NeighborsSampler(theta=theta), max_similarity=<grid>,
+    max_dissimilarity=max_dissimilarity, force_include_first=force_include_first)`` and
+    ``sample_msa_sequences(max_tokens=<grid>, shuffle_seed=seed, truncate=False)``.
+
+    Attributes:
+        theta: neighbour distance threshold, used literally (official default 0.2).
+        max_dissimilarity: keep rows with ``1 - identity_to_query <= max_dissimilarity`` (1.0).
+        force_include_first: put the query (row 0) first in the sampling order (False).
+        method: :data:`plmserve.align.METHODS` name; ``NEIGHBORS_NONGAP_NORM_NO_LIMIT`` is the
+            official ``NeighborsSampler`` (gap-normalised identity, all rows).
+    """
+
+    theta: float = 0.2
+    max_dissimilarity: float = 1.0
+    force_include_first: bool = False
+    method: str = "NEIGHBORS_NONGAP_NORM_NO_LIMIT"
+
+
+def sample_score_py_prompt(
+    msa: Any,
+    max_tokens: int,
+    max_similarity: float,
+    seed: int = SCORE_PY_SEED,
+    sampler: SamplerSettings = SamplerSettings(),
+) -> tuple[list[int], list[str]]:
+    """The prompt of one grid point (official sampling recipe, :class:`SamplerSettings`).
+
+    Returns:
+        ``(row indices in prompt order, ungapped upper-case sequences)``.
+
+    Raises:
+        InvalidParameterError: an unknown ``sampler.method``.
+    """
+    from plmserve.align import build_prompt, homology_weights, sample_order
+
+    matrix = msa.aligned_matrix()
+    weights = None
+    if sampler.method in ("NEIGHBORS_NO_LIMIT", "NEIGHBORS_NONGAP_NORM_NO_LIMIT"):
+        gap_normalised = sampler.method == "NEIGHBORS_NONGAP_NORM_NO_LIMIT"
+        weights = msa.memo(  # shared with plmserve.align.sample_prompt's cache
+            ("homology_weights", sampler.theta, gap_normalised, None),
+            lambda: homology_weights(matrix, sampler.theta, gap_normalised=gap_normalised)[1],
+        )
+    order = sample_order(matrix, method=sampler.method, theta=sampler.theta, max_similarity=max_similarity,
+                         max_dissimilarity=sampler.max_dissimilarity,
+                         force_include_first=sampler.force_include_first, seed=seed, weights=weights)
+    rows = build_prompt([len(s) for s in msa.sequences], order, max_tokens=max_tokens, shuffle_seed=seed)
+    return rows, [msa.sequences[i] for i in rows]
 
 
 def score_py_ensemble(
@@ -70,6 +110,7 @@ def score_py_ensemble(
     *,
     grid: Sequence[tuple[int, float]] = SCORE_PY_GRID,
     seed: int = SCORE_PY_SEED,
+    sampler: SamplerSettings = SamplerSettings(),
     prompt_fn: Callable[[int, float], tuple[list[int], list[str]]] | None = None,
     progress: Progress | None = None,
 ) -> EnsembleResult:
@@ -81,11 +122,18 @@ def score_py_ensemble(
         sequences: the variants (ungapped).
         grid: ``(max_tokens, max_similarity)`` pairs, in order.
         seed: the sampler and shuffle seed (official: 188257).
+        sampler: the sampler's other settings (``theta``, ``max_dissimilarity``,
+            ``force_include_first``, ``method``; :class:`SamplerSettings`, official defaults).
         prompt_fn: ``(max_tokens, max_similarity) -> (rows, sequences)`` to override the sampler.
         progress: ``progress(done, total)`` over all grid points and both directions.
 
     Returns:
-        :class:`EnsembleResult` (final scores and every grid point's forward/backward scores).
+        :class:`EnsembleResult`: ``scores`` float64 ``[n_seqs]`` in nats (mean over the grid of
+        the forward/backward average log-likelihoods) and every grid point's scores and prompt.
+
+    Raises:
+        InvalidInputError: a bad character in a variant or prompt sequence.
+        InvalidParameterError: an unknown ``sampler.method``.
     """
     n = len(sequences)
     total = 2 * n * len(grid)
@@ -93,7 +141,8 @@ def score_py_ensemble(
     per_config: list[EnsembleConfigScore] = []
     for max_tokens, max_sim in grid:
         rows, prompt = (
-            prompt_fn(max_tokens, max_sim) if prompt_fn else sample_score_py_prompt(msa, max_tokens, max_sim, seed)
+            prompt_fn(max_tokens, max_sim) if prompt_fn
+            else sample_score_py_prompt(msa, max_tokens, max_sim, seed, sampler)
         )
         dirs = []
         for reverse in (False, True):
