@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -551,6 +552,7 @@ def include(app: FastAPI) -> None:
     service's start-up (re-queue unfinished jobs) and shut-down hooks."""
     app.include_router(public, prefix="/api/v1")
     app.include_router(router, prefix="/api/v1")
+    importlib.import_module("plmserve.api.openprotein_v1").include(app)  # openprotein-python 0.17 surface
     add_token_validator(app, _user_token_validator)
     app.state.startup.append(_startup)
     app.state.shutdown.append(_shutdown)
