@@ -370,7 +370,7 @@ def post_prompt(
     min_similarity: float = Query(0.0, ge=0.0, le=1.0),
     force_include_first: bool = Query(False),
     replicates: int = Query(1, ge=1, le=15),
-    seed: int | None = Query(None, ge=1, le=4294967295),
+    seed: int | None = Query(None, ge=0, le=4294967295),  # 0.17 SDKs may draw 0
     owner: str = Depends(caller_owner),
 ):
     """Sample ``replicates`` prompts from an MSA (it may still be running: the prompt job then

@@ -1,0 +1,287 @@
+"""The current OpenProtein API (openprotein-python 0.17 surface) over HTTP: model registry, PoET
+via ``v1/embeddings``, results (CSV with header, ``.npy``, framed stream), prompt service,
+align v1 and the jobs routes (spec ``openprotein-v1-api.md``).
+
+The PoET engine is the real one with the fixture checkpoint (tiny), so numbers are checked
+against the engine called directly with the same prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import struct
+import time
+import uuid
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from plmserve.api.app import create_app
+from plmserve.jobs.store import JobStore
+from plmserve.settings import Settings
+from tests.conftest import shared_path
+
+MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
+API = "/api/v1"
+
+
+@functools.lru_cache(maxsize=1)
+def engine():
+    from plmserve.models.poet.engine import PoET
+
+    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def server(tmp_path):
+    settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
+    store = JobStore(settings.resolved_database_url())
+    store.add_user("alice", "alice-password")
+    store.add_user("bob", "bob-password")
+    store.close()
+    app = create_app(settings)
+    app.state.models.put("poet", engine())
+    with TestClient(app) as client:
+        yield client
+
+
+def login(client, user):
+    r = client.post(f"{API}/auth/login", data={"username": user, "password": f"{user}-password"})
+    assert r.status_code == 200, r.text
+    return {"authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture
+def alice(server):
+    return login(server, "alice")
+
+
+@pytest.fixture
+def bob(server):
+    return login(server, "bob")
+
+
+def wait_job(client, headers, job_id, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"{API}/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def csv_rows(text):
+    return list(csv.reader(io.StringIO(text)))
+
+
+def make_prompt(client, headers, replicates=2):
+    msa = client.post(f"{API}/align/msa", params={"is_seed": "False"}, files={"msa_file": ("msa.fa", MSA_FASTA)},
+                      headers=headers)
+    assert msa.status_code == 200, msa.text
+    assert msa.json()["job_type"] == "/align/align"
+    r = client.post(f"{API}/align/prompt", headers=headers, params={
+        "msa_id": msa.json()["job_id"], "msa_method": "NEIGHBORS_NONGAP_NORM_NO_LIMIT", "homology_level": 0.8,
+        "max_similarity": 1.0, "min_similarity": 0.0, "force_include_first": "False", "replicates": replicates,
+        "seed": 0, "max_msa_tokens": 12288})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["job_type"] == "/align/prompt"
+    assert wait_job(client, headers, job["job_id"])["status"] == "SUCCESS"
+    return job["job_id"]
+
+
+def prompt_replicates(client, headers, prompt_id):
+    r = client.get(f"{API}/prompt/{prompt_id}/content", headers=headers)
+    assert r.status_code == 200, r.text
+    outer = zipfile.ZipFile(io.BytesIO(r.content))
+    reps = []
+    for name in outer.namelist():
+        assert name.startswith("context-")
+        inner = zipfile.ZipFile(io.BytesIO(outer.read(name)))
+        seqs = []
+        for entry in inner.namelist():
+            assert entry.endswith(".fasta")
+            text = inner.read(entry).decode()
+            seqs += [ln for ln in text.splitlines() if ln and not ln.startswith(">")]
+        reps.append(seqs)
+    return reps
+
+
+# ------------------------------------------------------------------ model registry
+def test_models_list_and_detail(server, alice):
+    r = server.get(f"{API}/embeddings/models", params={"verbose": "true"}, headers=alice)
+    assert r.status_code == 200
+    models = {m["model_id"]: m for m in r.json()}
+    poet = models["poet"]
+    assert poet["description"]["summary"] and poet["dimension"] == 1024
+    assert {"score", "generate", "embed", "logits"} <= set(poet["output_types"])
+    assert poet["output_tokens"] == list("ARNDCQEGHILKMFPSTWYV")
+    assert all(isinstance(t[0]["id"], int) for t in poet["token_descriptions"])
+    assert "poet-2" not in models
+    assert server.get(f"{API}/embeddings/models", headers=alice).json()[0] == "poet"
+    assert server.get(f"{API}/embeddings/models/poet", headers=alice).json() == poet
+    r = server.get(f"{API}/embeddings/models/poet-2", headers=alice)
+    assert r.status_code == 404 and "no public weights" in r.json()["detail"]
+    r = server.post(f"{API}/embeddings/models/poet-2/score", json={"sequences": ["MKT"], "prompt_id": "x"},
+                    headers=alice)
+    assert r.status_code == 404 and "no public weights" in r.json()["detail"]
+    assert server.get(f"{API}/embeddings/models").status_code == 401
+
+
+# ------------------------------------------------------------------ PoET actions and results
+def test_score_csv_with_header_matches_the_engine(server, alice):
+    prompt_id = make_prompt(server, alice)
+    seqs = ["MKTAYIAKQR", "MKTAYIAKQW", "MRTAYIAKQK"]
+    r = server.post(f"{API}/embeddings/models/poet/score", json={"sequences": seqs, "prompt_id": prompt_id},
+                    headers=alice)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["job_type"] == "/poet/score"
+    assert wait_job(server, alice, job["job_id"])["status"] == "SUCCESS"
+    rows = csv_rows(server.get(f"{API}/embeddings/{job['job_id']}/scores", headers=alice).text)
+    assert rows[0] == ["name", "sequence", "score_1", "score_2"]
+    assert [r[:2] for r in rows[1:]] == [[f"sequence-{i}", s] for i, s in enumerate(seqs, start=1)]
+    got = np.array([[float(x) for x in r[2:]] for r in rows[1:]])
+    expected = engine().score(prompt_replicates(server, alice, prompt_id), seqs)  # [2, 3]
+    np.testing.assert_allclose(got, expected.T, rtol=1e-6, atol=1e-6)
+    assert server.get(f"{API}/embeddings/embed/{job['job_id']}/sequences", headers=alice).json() == seqs
+    args = server.get(f"{API}/jobs/{job['job_id']}/args", headers=alice).json()
+    assert args["prompt_id"] == prompt_id
+
+
+def test_single_site_wt_row_and_codes(server, alice):
+    prompt_id = make_prompt(server, alice, replicates=1)
+    r = server.post(f"{API}/embeddings/models/poet/score_single_site",
+                    json={"base_sequence": "MKTA", "prompt_id": prompt_id}, headers=alice)
+    job = r.json()
+    assert r.status_code == 200 and job["job_type"] == "/poet/single_site"
+    wait_job(server, alice, job["job_id"])
+    rows = csv_rows(server.get(f"{API}/embeddings/{job['job_id']}/scores", headers=alice).text)
+    assert rows[0] == ["mut_code", "score_1"]
+    assert rows[1][0] == "WT" and rows[2][0] == "M1A" and len(rows) == 2 + 19 * 4
+    prompt = prompt_replicates(server, alice, prompt_id)[0]
+    assert float(rows[1][1]) == pytest.approx(float(engine().score(prompt, ["MKTA"])[0]), abs=1e-5)
+    # the legacy route still says X0X for the same job
+    legacy = server.get(f"{API}/poet/single_site", params={"job_id": job["job_id"]}, headers=alice).json()
+    assert legacy["result"][0]["sequence"] == "X0X"
+
+
+def test_indel_variants_scored(server, alice):
+    prompt_id = make_prompt(server, alice, replicates=1)
+    r = server.post(f"{API}/embeddings/models/poet/score/indel",
+                    json={"base_sequence": "MKTAY", "insert": "G", "delete": [1, 2], "prompt_id": prompt_id},
+                    headers=alice)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["job_type"] == "/poet/score/indel"
+    wait_job(server, alice, job["job_id"])
+    rows = csv_rows(server.get(f"{API}/embeddings/{job['job_id']}/scores", headers=alice).text)[1:]
+    names = [r[0] for r in rows]
+    assert names[:3] == ["WT", "1insG", "2insG"] and "6insG" in names and "1del" in names and "4_5del" in names
+    assert dict((r[0], r[1]) for r in rows)["4_5del"] == "MKT"
+    assert len(rows) == 1 + 6 + 5 + 4
+    r = server.post(f"{API}/embeddings/models/poet/score/indel", json={"base_sequence": "MKTAY", "prompt_id": prompt_id},
+                    headers=alice)
+    assert r.status_code == 400
+
+
+def test_generate_same_seed_same_output(server, alice):
+    prompt_id = make_prompt(server, alice)
+    body = {"n_sequences": 3, "temperature": 1.0, "maxlen": 40, "topk": 15.0, "topp": 0.9, "seed": 7,
+            "prompt_id": prompt_id}
+    outs = []
+    for _ in range(2):
+        r = server.post(f"{API}/embeddings/models/poet/generate", json=body, headers=alice)
+        job = r.json()
+        assert r.status_code == 200 and job["job_type"] == "/poet/generate", r.text
+        wait_job(server, alice, job["job_id"])
+        outs.append(csv_rows(server.get(f"{API}/embeddings/{job['job_id']}/generate", headers=alice).text))
+    assert outs[0] == outs[1]
+    assert outs[0][0] == ["name", "sequence", "score_1", "score_2"]
+    assert [r[0] for r in outs[0][1:]] == ["generated-sequence-1", "generated-sequence-2", "generated-sequence-3"]
+    assert all(r[1].isalpha() and len(r[1]) <= 40 for r in outs[0][1:])
+    bad = dict(body, temperature=5.0)
+    assert server.post(f"{API}/embeddings/models/poet/generate", json=bad, headers=alice).status_code == 422
+
+
+def test_embed_and_logits_arrays(server, alice):
+    prompt_id = make_prompt(server, alice)
+    seqs = ["MKTAYIAKQR", "MRTAY"]
+    jobs = {}
+    for kind, extra in (("embed", {}), ("embed_mean", {"reduction": "MEAN"}), ("logits", {})):
+        route = "logits" if kind == "logits" else "embed"
+        r = server.post(f"{API}/embeddings/models/poet/{route}", json={"sequences": seqs, "prompt_id": prompt_id, **extra},
+                        headers=alice)
+        assert r.status_code == 200, r.text
+        jobs[kind] = r.json()
+        assert jobs[kind]["job_type"] == f"/embeddings/{route}"
+        assert wait_job(server, alice, jobs[kind]["job_id"])["status"] == "SUCCESS"
+
+    def arr(kind, seq):
+        job = jobs[kind]
+        r = server.get(f"{API}{job['job_type']}/{job['job_id']}/{seq}", headers=alice)
+        assert r.status_code == 200, r.text
+        return np.load(io.BytesIO(r.content), allow_pickle=False)
+
+    d = engine().config.hidden_dim
+    per_res = arr("embed", "MRTAY")
+    assert per_res.shape == (2, 5, d) and per_res.dtype == np.float32
+    np.testing.assert_allclose(arr("embed_mean", "MRTAY"), per_res.mean(axis=1), rtol=1e-5, atol=1e-6)
+    logits = arr("logits", "MKTAYIAKQR")
+    assert logits.shape == (2, 10, 24)
+    # logits agree with the engine's score: sum of log p(residue) + log p(stop) == forward score
+    import torch
+
+    from plmserve.models.poet import alphabet as A
+
+    reps = prompt_replicates(server, alice, prompt_id)
+    lp = torch.log_softmax(torch.as_tensor(logits[0], dtype=torch.float64), dim=-1)
+    ids = A.encode_sequence("MKTAYIAKQR")[1:-1]
+    partial = float(lp[np.arange(10), ids].sum())
+    fwd = float(engine().score(reps[0], ["MKTAYIAKQR"], reverse=False)[0])
+    assert partial > fwd  # the stop token's log-probability is the (negative) remainder
+    # stream: framed, submission order
+    body = server.get(f"{API}/embeddings/{jobs['embed']['job_id']}/stream", headers=alice).content
+    frames, pos = [], 0
+    while pos < len(body):
+        (n,) = struct.unpack(">Q", body[pos:pos + 8])
+        frames.append(np.load(io.BytesIO(body[pos + 8:pos + 8 + n])))
+        pos += 8 + n
+    assert [f.shape for f in frames] == [(2, 10, d), (2, 5, d)]
+    np.testing.assert_array_equal(frames[1], per_res)
+    assert server.get(f"{API}/embeddings/embed/{jobs['embed']['job_id']}/sequences", headers=alice).json() == seqs
+    assert server.get(f"{API}/embeddings/embed/{jobs['embed']['job_id']}/MKKKK", headers=alice).status_code == 404
+    assert server.get(f"{API}/embeddings/logits/{jobs['embed']['job_id']}/MRTAY", headers=alice).status_code == 400
+
+
+def test_poet_request_errors(server, alice, bob):
+    prompt_id = make_prompt(server, alice, replicates=1)
+    url = f"{API}/embeddings/models/poet/score"
+    assert server.post(url, json={"sequences": ["MKT"]}, headers=alice).status_code == 400
+    r = server.post(url, json={"sequences": ["MK1T"], "prompt_id": prompt_id}, headers=alice)
+    assert r.status_code == 400 and "position 3" in r.json()["detail"]
+    assert server.post(url, json={"sequences": [], "prompt_id": prompt_id}, headers=alice).status_code == 422
+    r = server.post(url, json={"sequences": ["MKT"], "prompt_id": prompt_id, "query_id": str(uuid.uuid4())},
+                    headers=alice)
+    assert r.status_code == 400 and "PoET-2" in r.json()["detail"]
+    # bob cannot use alice's prompt, nor read her results
+    assert server.post(url, json={"sequences": ["MKT"], "prompt_id": prompt_id}, headers=bob).status_code == 400
+    job = server.post(url, json={"sequences": ["MKT"], "prompt_id": prompt_id}, headers=alice).json()
+    wait_job(server, alice, job["job_id"])
+    assert server.get(f"{API}/embeddings/{job['job_id']}/scores", headers=bob).status_code == 404
+    assert server.get(f"{API}/embeddings/{job['job_id']}/generate", headers=alice).status_code == 400
