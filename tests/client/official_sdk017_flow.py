@@ -1,0 +1,78 @@
+"""Run the official ``openprotein-python`` 0.17.0 SDK against a plmserve server (not a test module).
+
+Usage: ``<python with openprotein-python 0.17.0> official_sdk017_flow.py URL USERNAME PASSWORD IN.json``
+where IN.json holds ``{"wild_type", "msa_fasta" (path), "variants": [[name, seq], ...]}``.
+Prints one JSON object with what the SDK returned; ``test_official_sdk017.py`` checks it.
+Only the SDK's base URL is changed (``backend=URL/api/``); ``HOME`` must point at a scratch
+directory (the SDK keeps tokens in ``~/.openprotein``).
+"""
+
+import json
+import sys
+
+import openprotein
+from openprotein.errors import HTTPError
+
+url, username, password, inputs = sys.argv[1:5]
+with open(inputs) as fh:
+    given = json.load(fh)
+wt = given["wild_type"]
+poll = {"interval": 0.2, "timeout": 600}
+
+session = openprotein.connect(username, password, backend=url.rstrip("/") + "/api/")
+out = {"version": openprotein.__version__, "legacy_auth": getattr(session, "_legacy_mode", None)}
+
+# 1. MSA by homology search from the wild type (against the server's FASTA database)
+msa = session.align.create_msa(wt)
+out["created_msa_type"] = msa.job.job_type
+created = list(msa.wait(**poll))
+out["created_msa"] = {"n": len(created), "first": list(created[0]), "names": [n for n, _ in created[1:]]}
+out["created_seed"] = msa.get_seed()
+
+# 2. upload 300 real BLAT rows
+with open(given["msa_fasta"], "rb") as fh:
+    uploaded = session.align.upload_msa(fh)
+up_rows = list(uploaded.wait(**poll))
+out["uploaded_msa"] = {"n": len(up_rows), "first": list(up_rows[0])}
+
+# 3. a prompt of 3 replicates sampled from the upload
+prompt = uploaded.sample_prompt(num_sequences=8, num_ensemble_prompts=3, random_seed=42)
+out["prompt_type"] = prompt.job.job_type if prompt.job is not None else None
+replicates = prompt.wait(**poll)
+out["prompt"] = [[[p.name, p.sequence.decode() if isinstance(p.sequence, bytes) else str(p.sequence)]
+                  for p in rep] for rep in replicates]
+out["prompt_id"] = prompt.id
+meta = session.prompt.get_prompt(prompt.id)
+out["prompt_meta"] = {"id": meta.id, "num_replicates": meta.metadata.num_replicates, "job_id": meta.metadata.job_id}
+
+# 4. PoET through session.embedding
+poet = session.embedding.get_model("poet")
+out["models"] = [m.id for m in session.embedding.list_models()]
+score = poet.score([seq.encode() for _, seq in given["variants"]], prompt=prompt)
+out["score_type"] = score.job.job_type
+out["score"] = [[r.name, r.sequence.decode() if isinstance(r.sequence, bytes) else r.sequence,
+                 [float(x) for x in r.score]] for r in score.wait(**poll)]
+
+ssp = poet.single_site(wt[:40].encode(), prompt=prompt)
+out["single_site_type"] = ssp.job.job_type
+out["single_site"] = [[r.mut_code, [float(x) for x in r.score]] for r in ssp.wait(**poll)]
+
+gens = []
+for _ in range(2):
+    gen = poet.generate(prompt, num_samples=3, seed=7, max_length=80, temperature=1.0, topk=15)
+    gens.append([[r.name, r.sequence.decode() if isinstance(r.sequence, bytes) else r.sequence,
+                  [float(x) for x in r.score]] for r in gen.wait(**poll)])
+out["generate_type"] = gen.job.job_type
+out["generate"] = gens
+
+# 5. reload by id; a bad id raises the SDK's error type
+reloaded = session.load_job(score.id)
+out["reloaded_type"] = type(reloaded).__name__
+out["reloaded_score"] = [[r.name, [float(x) for x in r.score]] for r in reloaded.get()]
+out["jobs_score"] = len(session.jobs.list(job_type="/poet/score"))
+try:
+    session.load_job("00000000-0000-4000-8000-000000000000")
+    out["bad_id"] = None
+except HTTPError as exc:
+    out["bad_id"] = {"type": type(exc).__name__, "status": exc.status_code}
+print(json.dumps(out))
