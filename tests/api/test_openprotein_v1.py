@@ -285,3 +285,177 @@ def test_poet_request_errors(server, alice, bob):
     wait_job(server, alice, job["job_id"])
     assert server.get(f"{API}/embeddings/{job['job_id']}/scores", headers=bob).status_code == 404
     assert server.get(f"{API}/embeddings/{job['job_id']}/generate", headers=alice).status_code == 400
+
+
+# ------------------------------------------------------------------ jobs
+def test_jobs_filters_paging_and_bounds(server, alice, bob):
+    prompt_id = make_prompt(server, alice, replicates=1)
+    before = server.get(f"{API}/jobs/{prompt_id}", headers=alice).json()["created_date"]
+    ids = []
+    for seqs in (["MKT"], ["MKS"], ["MKW"]):
+        job = server.post(f"{API}/embeddings/models/poet/score", json={"sequences": seqs, "prompt_id": prompt_id},
+                          headers=alice).json()
+        ids.append(job["job_id"])
+        wait_job(server, alice, job["job_id"])
+    jobs = server.get(f"{API}/jobs", params={"page_size": 100}, headers=alice).json()
+    assert {j["job_type"] for j in jobs} == {"/align/align", "/align/prompt", "/poet/score"}
+    assert all(j["status"] in ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "RETRYING", "CANCELED") for j in jobs)
+    assert all(0 <= j["progress_counter"] <= 100 for j in jobs)
+    got = server.get(f"{API}/jobs", params={"job_type": "/poet/score", "status": "SUCCESS", "page_size": 100},
+                     headers=alice).json()
+    assert sorted(j["job_id"] for j in got) == sorted(ids)
+    assert all(j["num_records"] == 1 and j["progress_counter"] == 100 for j in got)
+    assert server.get(f"{API}/jobs", params={"status": "success", "job_type": "/poet/score"},
+                      headers=alice).json() == got
+    page = server.get(f"{API}/jobs", params={"job_type": "/poet/score", "page_size": 2, "page_offset": 2},
+                      headers=alice).json()
+    assert [j["job_id"] for j in page] == [got[2]["job_id"]]
+    recent = server.get(f"{API}/jobs", params={"more_recent_than": before, "job_type": "/poet/score"},
+                        headers=alice).json()
+    assert len(recent) == 3
+    # the same instant written with another UTC offset
+    from datetime import datetime, timedelta, timezone
+
+    later = (datetime.now(timezone.utc) + timedelta(minutes=5)).astimezone(timezone(timedelta(hours=-5)))
+    assert server.get(f"{API}/jobs", params={"more_recent_than": later.isoformat()}, headers=alice).json() == []
+    for bad, status in (({"more_recent_than": "1700000000"}, 400), ({"more_recent_than": "yesterday"}, 400),
+                        ({"status": "DONE"}, 400), ({"page_offset": 10**30}, 422), ({"page_offset": -1}, 422),
+                        ({"page_size": 0}, 422), ({"page_size": 10**9}, 422)):
+        r = server.get(f"{API}/jobs", params=bad, headers=alice)
+        assert r.status_code == status, (bad, r.text)
+    assert server.get(f"{API}/jobs", params={"page_offset": 10**9}, headers=alice).json() == []
+    assert server.get(f"{API}/jobs", headers=bob).json() == []
+    assert server.get(f"{API}/jobs/{ids[0]}/args", headers=alice).json()["prompt_id"] == prompt_id
+    assert server.get(f"{API}/jobs/{ids[0]}/args", headers=bob).status_code == 404
+
+
+def test_canceled_job_results_are_4xx(server, alice):
+    prompt_id = make_prompt(server, alice, replicates=1)
+    store = server.app.state.job_service.store
+    # a job the executor never picks up (created directly in the store), then canceled over HTTP
+    job = store.create_job("/poet/score", "user:alice", {"prompt_id": prompt_id})
+    r = server.post(f"{API}/jobs/{job.job_id}/cancel", headers=alice)
+    assert r.status_code == 200 and r.json()["status"] == "CANCELED"
+    for url in (f"{API}/embeddings/{job.job_id}/scores", f"{API}/poet/score?job_id={job.job_id}"):
+        r = server.get(url, headers=alice)
+        assert r.status_code == 409 and "canceled" in r.json()["detail"], url
+    gen = store.create_job("/poet/generate", "user:alice", {"prompt_id": prompt_id})
+    server.post(f"{API}/jobs/{gen.job_id}/cancel", headers=alice)
+    assert server.get(f"{API}/embeddings/{gen.job_id}/generate", headers=alice).status_code == 409
+
+
+# ------------------------------------------------------------------ prompt service
+def context_zip(records):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        if records:
+            zf.writestr("000000.fasta", "".join(f">{n}\n{s}\n" for n, s in records))
+    return buf.getvalue()
+
+
+def test_create_prompt_roundtrip_and_use(server, alice, bob):
+    reps = [[("s1", "MKTAYIAKQR"), ("s2", "MKTAHIAKQR")], [("unnamed-000000", "MRTAYIAKQK")]]
+    files = [("context", (f"context-{i}.zip", context_zip(r), "application/zip")) for i, r in enumerate(reps)]
+    r = server.post(f"{API}/prompt/create_prompt", files=files, data={"name": "my prompt"}, headers=alice)
+    assert r.status_code == 200, r.text
+    meta = r.json()
+    assert meta["name"] == "my prompt" and meta["description"] is None and meta["num_replicates"] == 2
+    assert meta["job_id"] is None and meta["status"] == "SUCCESS"
+    pid = meta["id"]
+    assert server.get(f"{API}/prompt/{pid}", headers=alice).json() == meta
+    assert prompt_replicates(server, alice, pid) == [["MKTAYIAKQR", "MKTAHIAKQR"], ["MRTAYIAKQK"]]
+    # usable by PoET (v1) and by the 0.2.x routes
+    job = server.post(f"{API}/embeddings/models/poet/score", json={"sequences": ["MKTAYIAKQR"], "prompt_id": pid},
+                      headers=alice).json()
+    assert wait_job(server, alice, job["job_id"])["status"] == "SUCCESS"
+    legacy = server.get(f"{API}/poet/align/inputs", params={"job_id": pid, "msa_type": "PROMPT", "replicate": 2},
+                        headers=alice)
+    assert csv_rows(legacy.text) == [["unnamed-000000", "MRTAYIAKQK"]]
+    # sampled prompts are listed too, under their job id
+    sampled = make_prompt(server, alice, replicates=3)
+    listed = {p["id"]: p for p in server.get(f"{API}/prompt", headers=alice).json()}
+    assert set(listed) == {pid, sampled}
+    assert listed[sampled]["job_id"] == sampled and listed[sampled]["num_replicates"] == 3
+    assert len(prompt_replicates(server, alice, sampled)) == 3
+    # ownership
+    assert server.get(f"{API}/prompt", headers=bob).json() == []
+    for url in (f"{API}/prompt/{pid}", f"{API}/prompt/{pid}/content", f"{API}/prompt/{sampled}/content"):
+        assert server.get(url, headers=bob).status_code == 404
+    # an MSA job id is not a prompt
+    msa = server.post(f"{API}/align/msa", params={"is_seed": "False"}, files={"msa_file": MSA_FASTA}, headers=alice)
+    assert server.get(f"{API}/prompt/{msa.json()['job_id']}", headers=alice).status_code == 404
+
+
+@pytest.mark.parametrize("entries, text", [
+    ({"000000.1abc.cif": "data_x\n"}, "PoET-2"),
+    ({"000000.fasta": ">a\nMKT:AAA\n"}, "complex"),
+    ({"000000.fasta": ">a\nMK1T\n"}, "position 3"),
+    ({"notes.txt": "hello"}, "unsupported file type"),
+])
+def test_create_prompt_rejects_what_poet1_cannot_use(server, alice, entries, text):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, body in entries.items():
+            zf.writestr(name, body)
+    r = server.post(f"{API}/prompt/create_prompt", files=[("context", ("context-0.zip", buf.getvalue()))],
+                    headers=alice)
+    assert r.status_code == 400 and text in r.json()["detail"], r.text
+
+
+def test_create_prompt_errors(server, alice):
+    r = server.post(f"{API}/prompt/create_prompt", files=[("context", ("context-0.zip", b"not a zip"))], headers=alice)
+    assert r.status_code == 400 and "not a zip" in r.json()["detail"]
+    r = server.post(f"{API}/prompt/create_prompt", data={"name": "x"}, files=[("other", ("a", b"b"))], headers=alice)
+    assert r.status_code == 400 and "context" in r.json()["detail"]
+    empty = server.post(f"{API}/prompt/create_prompt", files=[("context", ("context-0.zip", context_zip([])))],
+                        headers=alice)
+    assert empty.status_code == 200 and empty.json()["num_replicates"] == 1
+
+
+def test_queries_ids_and_exact_content_type(server, alice, bob):
+    r = server.post(f"{API}/prompt/query",
+                    files={"query": ("query.fasta", b">query\nMKTXXAYIAK:GHIK\n", "text/x-fasta")}, headers=alice)
+    assert r.status_code == 200, r.text
+    qid = r.json()["id"]
+    assert str(uuid.UUID(qid, version=4)) == qid  # canonical lowercase UUIDv4
+    assert server.get(f"{API}/prompt/query/{qid}", headers=alice).json()["id"] == qid
+    content = server.get(f"{API}/prompt/query/{qid}/content", headers=alice)
+    assert content.status_code == 200 and content.headers["content-type"] == "text/x-fasta"
+    assert content.headers["content-disposition"].endswith("query.fasta")
+    assert content.content == b">query\nMKTXXAYIAK:GHIK\n"
+    cif = server.post(f"{API}/prompt/query", files={"query": ("query.cif", b"data_q\n#\n", "chemical/x-mmcif")},
+                      headers=alice).json()
+    assert server.get(f"{API}/prompt/query/{cif['id']}/content", headers=alice).headers["content-type"] == \
+        "chemical/x-mmcif"
+    assert server.get(f"{API}/prompt/query/{qid}", headers=bob).status_code == 404
+    assert server.get(f"{API}/prompt/query/{qid}/content", headers=bob).status_code == 404
+    for body in (b">q\nMK1T\n", b">q\nMKT::AA\n", b""):
+        r = server.post(f"{API}/prompt/query", files={"query": ("query.fasta", body, "text/x-fasta")}, headers=alice)
+        assert r.status_code == 400, body
+
+
+# ------------------------------------------------------------------ align v1
+def test_align_v1_seed_upload_inputs_and_prompt(server, alice):
+    # the SDK sends a seed as ">seed\nSEQ" (no trailing newline) with is_seed=True
+    r = server.post(f"{API}/align/msa", params={"is_seed": "True"}, files={"msa_file": b">seed\nMKTAYIAKQR"},
+                    headers=alice)
+    assert r.status_code == 200 and r.json()["job_type"] == "/align/align"
+    seed_job = r.json()["job_id"]
+    raw = server.get(f"{API}/align/inputs", params={"job_id": seed_job, "msa_type": "RAW"}, headers=alice)
+    assert csv_rows(raw.text)[0] == ["seed", "MKTAYIAKQR"]
+    assert wait_job(server, alice, seed_job)["status"] == "FAILURE"  # no search database configured here
+    up = server.post(f"{API}/align/msa", params={"is_seed": "False"}, files={"msa_file": ("msa.fa", MSA_FASTA)},
+                     headers=alice).json()
+    assert up["status"] == "SUCCESS" and up["job_type"] == "/align/align"
+    gen = server.get(f"{API}/align/inputs", params={"job_id": up["job_id"], "msa_type": "GENERATED"}, headers=alice)
+    assert gen.status_code == 200 and csv_rows(gen.text)[0] == ["query", "MKTAYIAKQR"] and len(csv_rows(gen.text)) == 4
+    r = server.post(f"{API}/align/prompt", params={"msa_id": up["job_id"], "replicates": 2, "seed": 0,
+                                                    "max_msa_sequences": 3}, headers=alice)
+    assert r.status_code == 200 and r.json()["job_type"] == "/align/prompt"
+    pid = r.json()["job_id"]
+    wait_job(server, alice, pid)
+    one = server.get(f"{API}/align/inputs", params={"job_id": pid, "msa_type": "PROMPT", "replicate": 1},
+                     headers=alice)
+    assert [s for _, s in csv_rows(one.text)] == prompt_replicates(server, alice, pid)[0]
+    meta = server.get(f"{API}/prompt/{pid}", headers=alice).json()
+    assert meta["job_id"] == pid and meta["status"] == "SUCCESS" and meta["num_replicates"] == 2

@@ -57,6 +57,7 @@ from plmserve.jobs.store import FAILURE, SUCCESS, JobRecord, JobStore, user_owne
 logger = logging.getLogger(__name__)
 
 POET_MAX_PAGE_SIZE = 1_000_000
+MAX_PAGE_OFFSET = 1_000_000_000
 DEFAULT_NUM_RESIDUES = 12288
 
 
@@ -255,15 +256,18 @@ def list_jobs(
     status: str | None = Query(None),
     job_type: str | None = Query(None),
     assay_id: str | None = Query(None),
-    more_recent_than: datetime | None = Query(None),
+    more_recent_than: str | None = Query(None, description="ISO 8601 date-time; naive means UTC"),
     page_size: int | None = Query(None, ge=1, le=10000),
-    page_offset: int = Query(0, ge=0),
+    page_offset: int = Query(0, ge=0, le=MAX_PAGE_OFFSET),
     limit: int | None = Query(None, ge=1, le=10000),
 ):
     """The caller's jobs, newest first (filters: status, job_type, more_recent_than)."""
+    from plmserve.api.openprotein_v1 import parse_iso_datetime, parse_status
+
     jobs = _store(request).list_jobs(
-        owner, status=status.upper() if status else None, job_type=job_type,
-        more_recent_than=more_recent_than, limit=page_size or limit or 1000, offset=page_offset,
+        owner, status=parse_status(status), job_type=job_type,
+        more_recent_than=parse_iso_datetime(more_recent_than, "more_recent_than"),
+        limit=page_size or limit or 1000, offset=page_offset,
     )
     return [job_wire(j) for j in jobs]
 

@@ -36,7 +36,7 @@ import logging
 import random
 import struct
 import zipfile
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -67,7 +67,7 @@ from plmserve.jobs.poet_v1 import (
     load_arrays,
     npy_bytes,
 )
-from plmserve.jobs.store import CANCELED, FAILURE, SUCCESS
+from plmserve.jobs.store import CANCELED, FAILURE, JOB_STATUSES, SUCCESS
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,34 @@ async def auth_refresh(request: Request):
     if user is None:
         raise AuthenticationError("invalid or expired refresh token; log in again")
     return await run_in_threadpool(_token_pair, store, user.id)
+
+
+# ---------------------------------------------------------------------- jobs filters
+def parse_status(value: str | None) -> str | None:
+    """A ``v1/jobs`` status filter, upper-cased; 400 for anything but the six job statuses."""
+    if value is None or value == "":
+        return None
+    status = value.strip().upper()
+    if status not in JOB_STATUSES:
+        raise InvalidParameterError(f"status: unknown job status {value!r}; expected one of {', '.join(JOB_STATUSES)}")
+    return status
+
+
+def parse_iso_datetime(value: str | None, what: str) -> datetime | None:
+    """An ISO 8601 date-time (``2026-01-01T00:00:00``, optional offset; naive means UTC) as an
+    aware UTC datetime. Numbers (epoch seconds) and other formats are a 400."""
+    if value is None or value == "":
+        return None
+    text = value.strip()
+    try:
+        if not text[:4].isdigit() or "-" not in text[:8]:
+            raise ValueError
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise InvalidParameterError(
+            f"{what}: {value!r} is not an ISO 8601 date-time (e.g. 2026-01-01T00:00:00 or 2026-01-01T00:00:00+00:00)"
+        ) from None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 # ---------------------------------------------------------------------- model registry
