@@ -459,3 +459,54 @@ def test_align_v1_seed_upload_inputs_and_prompt(server, alice):
     assert [s for _, s in csv_rows(one.text)] == prompt_replicates(server, alice, pid)[0]
     meta = server.get(f"{API}/prompt/{pid}", headers=alice).json()
     assert meta["job_id"] == pid and meta["status"] == "SUCCESS" and meta["num_replicates"] == 2
+
+
+# ------------------------------------------------------------------ ESM-2 through v1/embeddings
+def test_esm2_embed_and_logits_via_embeddings(tmp_path):
+    from tests.api._esm2_tiny import EMBED_DIM, make_tiny_esm2_dir
+
+    make_tiny_esm2_dir(tmp_path / "models", slug="esm2-8m")
+    settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], model_dir=tmp_path / "models",
+                        device="cpu", dtype="float32", offline=True)
+    store = JobStore(settings.resolved_database_url())
+    store.add_user("alice", "alice-password")
+    store.close()
+    app = create_app(settings)
+    with TestClient(app) as client:
+        alice = login(client, "alice")
+        models = {m["model_id"]: m for m in client.get(f"{API}/embeddings/models", params={"verbose": True},
+                                                       headers=alice).json()}
+        assert models["esm2_t6_8M_UR50D"]["dimension"] == 320 and models["esm2_t33_650M_UR50D"]["output_types"] == \
+            ["embed", "logits"]
+        seqs = ["MKTAYIAKQR", "MRTAY"]
+        jobs = {}
+        for kind, body in (("mean", {"reduction": "MEAN"}), ("per_res", {}), ("logits", None)):
+            route = "logits" if body is None else "embed"
+            r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/{route}", json={"sequences": seqs, **(body or {})},
+                            headers=alice)
+            assert r.status_code == 200, r.text
+            jobs[kind] = r.json()
+            assert wait_job(client, alice, r.json()["job_id"])["status"] == "SUCCESS"
+
+        def arr(kind, seq):
+            job = jobs[kind]
+            return np.load(io.BytesIO(client.get(f"{API}{job['job_type']}/{job['job_id']}/{seq}", headers=alice).content))
+
+        eng = app.state.models.get("esm2-8m", family="esm2")
+        ref = eng.encode(seqs, include=["mean", "per_token", "logits"])
+        (mean,) = ref[1]["mean_representations"].values()
+        (per_res,) = ref[1]["representations"].values()
+        assert arr("mean", "MRTAY").shape == (EMBED_DIM,)
+        np.testing.assert_allclose(arr("mean", "MRTAY"), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(arr("per_res", "MRTAY"), per_res, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(arr("logits", "MKTAYIAKQR"), ref[0]["logits"], rtol=1e-5, atol=1e-5)
+        r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/embed", json={"sequences": ["MK1"]}, headers=alice)
+        assert r.status_code == 400
+        r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/embed", json={"sequences": ["MKT"], "prompt_id": "p"},
+                        headers=alice)
+        assert r.status_code == 400 and "takes no prompt" in r.json()["detail"]
+        # a model whose weights are absent (offline): the job fails with the loader's message (not a 5xx)
+        r = client.post(f"{API}/embeddings/models/esm2_t12_35M_UR50D/embed", json={"sequences": ["MKT"]}, headers=alice)
+        assert r.status_code == 200
+        failed = wait_job(client, alice, r.json()["job_id"])
+        assert failed["status"] == "FAILURE" and failed["failure_message"]

@@ -197,8 +197,33 @@ def _poet_metadata(settings) -> dict[str, Any]:
     }
 
 
+def _esm2_metadata(spec) -> dict[str, Any]:
+    """ModelMetadata of an ESM-2 registry model under its fair-esm name (the SDK's ``ESMModel``
+    ids, e.g. ``esm2_t33_650M_UR50D``)."""
+    from plmserve.models.esm2.alphabet import STANDARD_AA
+
+    return {
+        "model_id": spec.config["fair_esm_name"],
+        "description": {"citation_title": "Evolutionary-scale prediction of atomic-level protein structure with "
+                                          "a language model", "doi": "10.1126/science.ade2574",
+                        "summary": f"{spec.description} (plmserve model '{spec.slug}')"},
+        "max_sequence_length": 1022,
+        "dimension": int(spec.config["embed_dim"]),
+        "output_types": ["embed", "logits"],
+        "input_tokens": _AA + list(_EXTRA),
+        "output_tokens": list(STANDARD_AA),
+        "token_descriptions": None,
+    }
+
+
+def _esm2_specs() -> dict[str, Any]:
+    from plmserve.models.registry import list_models as registry_models
+
+    return {s.config["fair_esm_name"]: s for s in registry_models("esm2")}
+
+
 def _models(settings) -> list[dict[str, Any]]:
-    return [_poet_metadata(settings)]
+    return [_poet_metadata(settings)] + [_esm2_metadata(s) for s in _esm2_specs().values()]
 
 
 def _model_or_404(model_id: str, settings) -> dict[str, Any]:
@@ -350,13 +375,27 @@ def post_generate(model: str, body: GenerateBody, request: Request, owner: str =
 
 
 def _submit_arrays(model: str, kind: str, body: EmbedBody, request: Request, owner: str):
-    _poet_only(model, request)
+    _model_or_404(model, request.app.state.settings)
     reduction = body.reduction.upper() if body.reduction else None
     if kind == JOB_EMBED and reduction not in (None, *REDUCTIONS):
         raise InvalidParameterError(f"reduction must be one of {', '.join(REDUCTIONS)} (or omitted for per-residue)")
+    extra = {"reduction": reduction} if kind == JOB_EMBED else {}
+    esm = _esm2_specs().get(model)
+    if esm is not None:
+        from plmserve.models.esm2.alphabet import validate_sequences
+
+        for key in ("prompt_id", "query_id", "design_id"):
+            if getattr(body, key):
+                raise InvalidParameterError(f"'{key}': model '{model}' (ESM-2) takes no prompt or query")
+        seqs = validate_sequences(body.sequences, max_residues=1022)
+        rows = [[f"sequence-{i}", s] for i, s in enumerate(seqs, start=1)]
+        args = {"model_id": model, "model": esm.slug, "family": "esm2", "n_variants": len(rows), **extra}
+        job = get_service(request.app).submit(kind, owner, args, num_records=len(rows),
+                                              artifacts={pj.ART_INPUT: json.dumps(rows).encode()})
+        return job_wire(job)
+    _poet_only(model, request)
     seqs = _check_all(body.sequences, "sequences: item")
     rows = [[f"sequence-{i}", s] for i, s in enumerate(seqs, start=1)]
-    extra = {"reduction": reduction} if kind == JOB_EMBED else {}
     return job_wire(_submit_scoring(request, owner, kind, body, rows, extra))
 
 

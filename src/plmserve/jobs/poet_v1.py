@@ -100,8 +100,36 @@ def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) ->
     return np.stack(logits_out), np.stack(hidden_out)
 
 
+def esm2_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None) -> list[np.ndarray]:
+    """ESM-2 arrays through :meth:`plmserve.models.esm2.engine.ESM2Engine.encode` (last layer):
+    ``logits`` ``[L, 20]`` (columns ``engine.alphabet_tokens``), embeddings ``[L, D]``
+    per residue (BOS/EOS excluded) or their MEAN/SUM ``[D]``."""
+    if kind == "logits":
+        out = engine.encode(list(sequences), include=["logits"])
+        return [np.asarray(o["logits"], dtype=np.float32) for o in out]
+    out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
+    arrays = []
+    for o in out:
+        (per_res,) = o["representations"].values()
+        per_res = np.asarray(per_res, dtype=np.float32)
+        if reduction == "MEAN":
+            per_res = per_res.mean(axis=0)
+        elif reduction == "SUM":
+            per_res = per_res.sum(axis=0)
+        arrays.append(per_res)
+    return arrays
+
+
 def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
     res = ctx.resources
+    if ctx.args.get("family") == "esm2":
+        rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
+        engine = res.models.get(ctx.args["model"], family="esm2")
+        ctx.progress(0, 1, f"{kind} ({ctx.args['model']})")
+        arrays = esm2_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"))
+        buf = io.BytesIO()
+        np.savez(buf, **{str(i): a for i, a in enumerate(arrays)})
+        return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))
     replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
     prompts = [[s for _, s in rep] for rep in replicates]
     rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
