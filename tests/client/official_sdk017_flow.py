@@ -9,6 +9,14 @@ directory (the SDK keeps tokens in ``~/.openprotein``).
 
 import json
 import sys
+import time
+
+T0 = time.monotonic()
+STEPS = {}
+
+
+def step(name):
+    STEPS[name] = round(time.monotonic() - T0, 2)
 
 import openprotein
 from openprotein.errors import HTTPError
@@ -29,12 +37,14 @@ created = list(msa.wait(**poll))
 out["created_msa"] = {"n": len(created), "first": list(created[0]), "names": [n for n, _ in created[1:]]}
 out["created_seed"] = msa.get_seed()
 
+step("msa_created")
 # 2. upload 300 real BLAT rows
 with open(given["msa_fasta"], "rb") as fh:
     uploaded = session.align.upload_msa(fh)
 up_rows = list(uploaded.wait(**poll))
 out["uploaded_msa"] = {"n": len(up_rows), "first": list(up_rows[0])}
 
+step("uploaded")
 # 3. a prompt of 3 replicates sampled from the upload
 prompt = uploaded.sample_prompt(num_sequences=8, num_ensemble_prompts=3, random_seed=42)
 out["prompt_type"] = prompt.job.job_type if prompt.job is not None else None
@@ -45,6 +55,7 @@ out["prompt_id"] = prompt.id
 meta = session.prompt.get_prompt(prompt.id)
 out["prompt_meta"] = {"id": meta.id, "num_replicates": meta.metadata.num_replicates, "job_id": meta.metadata.job_id}
 
+step("prompt")
 # 4. PoET through session.embedding
 poet = session.embedding.get_model("poet")
 out["models"] = [m.id for m in session.embedding.list_models()]
@@ -53,10 +64,12 @@ out["score_type"] = score.job.job_type
 out["score"] = [[r.name, r.sequence.decode() if isinstance(r.sequence, bytes) else r.sequence,
                  [float(x) for x in r.score]] for r in score.wait(**poll)]
 
+step("score")
 ssp = poet.single_site(wt[:40].encode(), prompt=prompt)
 out["single_site_type"] = ssp.job.job_type
 out["single_site"] = [[r.mut_code, [float(x) for x in r.score]] for r in ssp.wait(**poll)]
 
+step("single_site")
 gens = []
 for _ in range(2):
     gen = poet.generate(prompt, num_samples=3, seed=7, max_length=80, temperature=1.0, topk=15)
@@ -65,6 +78,19 @@ for _ in range(2):
 out["generate_type"] = gen.job.job_type
 out["generate"] = gens
 
+step("generate")
+# embeddings: PoET (per-sequence .npy requests in parallel), logits via the framed stream, ESM-2
+emb = poet.embed([wt[:30], wt[:20]], prompt=prompt)
+out["poet_embed"] = [[s.decode() if isinstance(s, bytes) else s, list(a.shape)] for s, a in emb.wait(**poll)]
+step("poet_embed")
+lg = poet.logits([wt[:20]], prompt=prompt)
+lg.max_workers = 0
+out["poet_logits"] = [list(a.shape) for _, a in lg.wait(**poll)]
+step("poet_logits")
+esm = session.embedding.get_model("esm2_t6_8M_UR50D")
+out["esm_embed"] = [list(a.shape) for _, a in esm.embed([wt[:50]]).wait(**poll)]
+
+step("esm")
 # 5. reload by id; a bad id raises the SDK's error type
 reloaded = session.load_job(score.id)
 out["reloaded_type"] = type(reloaded).__name__
@@ -75,4 +101,6 @@ try:
     out["bad_id"] = None
 except HTTPError as exc:
     out["bad_id"] = {"type": type(exc).__name__, "status": exc.status_code}
+step("end")
+out["steps"] = STEPS
 print(json.dumps(out))

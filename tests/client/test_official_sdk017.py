@@ -14,7 +14,8 @@ Without the variable the test is skipped; CI installs the SDK with ``.ci/sdk_ven
 
 Flow: connect -> create_msa(BLAT wild type) -> upload_msa(300 real BLAT rows) ->
 sample_prompt(3 replicates) -> session.embedding poet.score(6 Jacquier variants) ->
-single_site over 40 positions -> generate with a seed twice -> load_job by id -> a bad id.
+single_site over 40 positions -> generate with a seed twice -> PoET embed/logits and a (tiny)
+ESM-2 embed -> load_job by id -> a bad id.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ from tests.conftest import shared_path
 SDK_PYTHON = os.environ.get("PLMSERVE_OPENPROTEIN017_SDK_PYTHON")
 N_PLANTED = 60
 N_UPLOAD = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The CI machine has 2 cores; one intra-op thread avoids oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _inputs(tmp_path: Path):
@@ -69,8 +81,11 @@ def test_official_sdk_0_17_workflow(tmp_path):
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     (model_dir / "poet.ckpt").symlink_to(shared_path("fixtures", "poet", "model.ckpt"))
+    from tests.api._esm2_tiny import EMBED_DIM, make_tiny_esm2_dir
+
+    make_tiny_esm2_dir(model_dir, slug="esm2-8m")  # a tiny random ESM-2 served as esm2_t6_8M_UR50D
     settings = Settings(data_dir=tmp_path / "data", api_keys=["k"], msa_database=tmp_path / "search_db.fasta",
-                        model_dir=model_dir, device="cpu", dtype="float32", workers=1)
+                        model_dir=model_dir, device="cpu", dtype="float32", workers=1, offline=True)
     store = JobStore(settings.resolved_database_url())
     store.add_user("alice", "alice-password")
     store.close()
@@ -126,6 +141,11 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert first == second  # same seed, same sequences and scores
     assert [r[0] for r in first] == ["generated-sequence-1", "generated-sequence-2", "generated-sequence-3"]
     assert all(0 < len(r[1]) <= 80 and len(r[2]) == 3 for r in first)
+
+    d = engine.config.hidden_dim
+    assert out["poet_embed"] == [[wt[:30], [3, d]], [wt[:20], [3, d]]]
+    assert out["poet_logits"] == [[3, 20, 24]]
+    assert out["esm_embed"] == [[EMBED_DIM]]
 
     assert out["reloaded_type"] == "EmbeddingsScoreFuture"
     assert out["reloaded_score"] == [[r[0], r[2]] for r in out["score"]]
