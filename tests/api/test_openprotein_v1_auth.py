@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+import httpx
 import pytest
-import requests
 from fastapi.testclient import TestClient
 
 import plmserve.jobs.store as store_mod
@@ -135,13 +135,13 @@ def test_no_credential_reaches_the_uvicorn_access_log(app):
             access.setLevel(logging.INFO)
             base = srv.url + "/api/v1"
             secret_user, secret_pw = "alice", "alice-password"
-            r1 = requests.post(f"{base}/login/user-access-token",
+            r1 = httpx.post(f"{base}/login/user-access-token",
                                params={"username": secret_user, "password": secret_pw}, timeout=30)
-            r2 = requests.post(f"{base}/login/access-token",
+            r2 = httpx.post(f"{base}/login/access-token",
                                params={"username": secret_user, "password": "wrong-password"}, timeout=30)
-            r3 = requests.post(f"{base}/auth/login", data={"username": secret_user, "password": secret_pw},
+            r3 = httpx.post(f"{base}/auth/login", data={"username": secret_user, "password": secret_pw},
                                timeout=30)
-            r4 = requests.post(f"{base}/auth/refresh", json={"refresh_token": r3.json()["refresh_token"]},
+            r4 = httpx.post(f"{base}/auth/refresh", json={"refresh_token": r3.json()["refresh_token"]},
                                timeout=30)
             assert (r1.status_code, r2.status_code, r3.status_code, r4.status_code) == (200, 401, 200, 200)
             deadline = time.monotonic() + 5

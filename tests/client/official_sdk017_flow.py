@@ -11,15 +11,15 @@ import json
 import sys
 import time
 
+import openprotein
+from openprotein.errors import HTTPError
+
 T0 = time.monotonic()
 STEPS = {}
 
 
 def step(name):
     STEPS[name] = round(time.monotonic() - T0, 2)
-
-import openprotein
-from openprotein.errors import HTTPError
 
 url, username, password, inputs = sys.argv[1:5]
 with open(inputs) as fh:

@@ -56,8 +56,8 @@ from plmserve.errors import (
 )
 from plmserve.jobs import poet as pj
 from plmserve.jobs.poet_v1 import (
-    ART_ARRAYS,
     ARRAY_JOB_TYPES,
+    ART_ARRAYS,
     JOB_EMBED,
     JOB_LOGITS,
     JOB_SCORE_INDEL,
@@ -529,7 +529,8 @@ def get_array(kind: str, job_id: str, sequence: str, request: Request, owner: st
     seqs, arrays = _arrays(request, job)
     seq = sequence.strip().upper()
     if seq not in seqs:
-        raise NotFoundError(f"sequence {sequence[:30]}{'...' if len(sequence) > 30 else ''} is not part of job {job_id}")
+        shown = sequence[:30] + ("..." if len(sequence) > 30 else "")
+        raise NotFoundError(f"sequence {shown} is not part of job {job_id}")
     return Response(content=npy_bytes(arrays[seqs.index(seq)]), media_type="application/octet-stream")
 
 

@@ -28,7 +28,6 @@ from plmserve.client.errors import (
     MissingParameterError,
     TimeoutException,
 )
-from plmserve.client.v1 import AlignAPI, EmbeddingsAPI, PromptAPI, load_job
 from plmserve.client.esm2 import ESM2API, EncodeResult, LogProbResult, PredictResult
 from plmserve.client.jobs import Job, JobsAPI, JobStatus
 from plmserve.client.poet import (
@@ -43,6 +42,7 @@ from plmserve.client.poet import (
     PoetSSPResult,
     PromptFuture,
 )
+from plmserve.client.v1 import AlignAPI, EmbeddingsAPI, PromptAPI, load_job
 
 
 class Session(APISession):

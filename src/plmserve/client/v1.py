@@ -500,7 +500,8 @@ class EmbeddingsAPI:
         try:
             return self._models[model_id]
         except KeyError:
-            raise AttributeError(f"model '{model_id}' is not served here; available: {', '.join(self._models)}") from None
+            available = ", ".join(self._models)
+            raise AttributeError(f"model '{model_id}' is not served here; available: {available}") from None
 
     def __getattr__(self, name: str) -> EmbeddingModel:
         models = self.__dict__.get("_models", {})

@@ -64,7 +64,8 @@ def indel_variants(base: str, insert: str | None = None, delete: Sequence[int] |
             out.append((f"{i}ins{insert}", base[: i - 1] + insert + base[i - 1:]))
     for d in delete or []:
         if not isinstance(d, int) or d < 1 or d >= L:
-            raise InvalidParameterError(f"delete: fragment size {d!r} must be between 1 and {L - 1} (the base has {L} residues)")
+            raise InvalidParameterError(
+                f"delete: fragment size {d!r} must be between 1 and {L - 1} (the base has {L} residues)")
         for i in range(1, L - d + 2):
             name = f"{i}del" if d == 1 else f"{i}_{i + d - 1}del"
             out.append((name, base[: i - 1] + base[i - 1 + d:]))
