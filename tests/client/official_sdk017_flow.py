@@ -69,6 +69,12 @@ ssp = poet.single_site(wt[:40].encode(), prompt=prompt)
 out["single_site_type"] = ssp.job.job_type
 out["single_site"] = [[r.mut_code, [float(x) for x in r.score]] for r in ssp.wait(**poll)]
 
+indel = poet.indel(wt[:12].encode(), prompt=prompt, insert="G", delete=[2])
+out["indel_type"] = indel.job.job_type
+out["indel"] = [[r.name, r.sequence.decode() if isinstance(r.sequence, bytes) else r.sequence]
+                for r in indel.wait(**poll)]
+out["score_args_prompt"] = score.args.get("prompt_id")
+
 step("single_site")
 gens = []
 for _ in range(2):
@@ -96,6 +102,7 @@ reloaded = session.load_job(score.id)
 out["reloaded_type"] = type(reloaded).__name__
 out["reloaded_score"] = [[r.name, [float(x) for x in r.score]] for r in reloaded.get()]
 out["jobs_score"] = len(session.jobs.list(job_type="/poet/score"))
+out["jobs_success_prompt"] = [j.job_id for j in session.jobs.list(status="SUCCESS", job_type="/align/prompt")]
 try:
     session.load_job("00000000-0000-4000-8000-000000000000")
     out["bad_id"] = None

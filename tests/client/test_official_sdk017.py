@@ -14,7 +14,7 @@ Without the variable the test is skipped; CI installs the SDK with ``.ci/sdk_ven
 
 Flow: connect -> create_msa(BLAT wild type) -> upload_msa(300 real BLAT rows) ->
 sample_prompt(3 replicates) -> session.embedding poet.score(6 Jacquier variants) ->
-single_site over 40 positions -> generate with a seed twice -> PoET embed/logits and a (tiny)
+single_site over 40 positions -> indel -> generate with a seed twice -> PoET embed/logits and a (tiny)
 ESM-2 embed -> load_job by id -> a bad id.
 """
 
@@ -136,6 +136,12 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert codes[-1] == f"{wt[39]}40V" or codes[-1] == f"{wt[39]}40Y"
     np.testing.assert_allclose(out["single_site"][0][1], engine.score(reps, [wt[:40]])[:, 0], rtol=1e-5, atol=1e-4)
 
+    assert out["indel_type"] == "/poet/score/indel"
+    names = [r[0] for r in out["indel"]]
+    assert names[:2] == ["WT", "1insG"] and "13insG" in names and "11_12del" in names and len(names) == 1 + 13 + 11
+    assert dict(out["indel"])["1_2del"] == wt[2:12]
+    assert out["score_args_prompt"] == out["prompt_id"]
+
     assert out["generate_type"] == "/poet/generate"
     first, second = out["generate"]
     assert first == second  # same seed, same sequences and scores
@@ -150,4 +156,5 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert out["reloaded_type"] == "EmbeddingsScoreFuture"
     assert out["reloaded_score"] == [[r[0], r[2]] for r in out["score"]]
     assert out["jobs_score"] == 1
+    assert out["jobs_success_prompt"] == [out["prompt_id"]]
     assert out["bad_id"] == {"type": "HTTPError", "status": 404}
