@@ -56,6 +56,18 @@ meta = session.prompt.get_prompt(prompt.id)
 out["prompt_meta"] = {"id": meta.id, "num_replicates": meta.metadata.num_replicates, "job_id": meta.metadata.job_id}
 
 step("prompt")
+# an uploaded prompt (2 replicates of real BLAT rows) and a query, through the prompt service
+homologs = [seq.replace("-", "") for _, seq in up_rows[1:6]]
+uploaded_prompt = session.prompt.create_prompt([homologs[:3], homologs[3:]], name="blat-upload")
+out["uploaded_prompt"] = {
+    "name": uploaded_prompt.name, "num_replicates": uploaded_prompt.num_replicates,
+    "content": [[p.sequence.decode() for p in rep] for rep in uploaded_prompt.wait(**poll)],
+    "homologs": homologs,
+}
+out["listed_prompts"] = sorted(p.id for p in session.prompt.list_prompts())
+query = session.prompt.create_query(wt[:30] + "XXX")
+out["query"] = {"id": str(query.id), "seq": query.get().sequence.decode()}
+
 # 4. PoET through session.embedding
 poet = session.embedding.get_model("poet")
 out["models"] = [m.id for m in session.embedding.list_models()]
@@ -65,6 +77,8 @@ out["score"] = [[r.name, r.sequence.decode() if isinstance(r.sequence, bytes) el
                  [float(x) for x in r.score]] for r in score.wait(**poll)]
 
 step("score")
+up_score = poet.score([wt.encode()], prompt=uploaded_prompt.id).wait(**poll)
+out["uploaded_prompt_score"] = [float(x) for x in up_score[0].score]
 ssp = poet.single_site(wt[:40].encode(), prompt=prompt)
 out["single_site_type"] = ssp.job.job_type
 out["single_site"] = [[r.mut_code, [float(x) for x in r.score]] for r in ssp.wait(**poll)]

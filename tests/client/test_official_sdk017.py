@@ -13,7 +13,7 @@ scratch directory (it stores tokens under ``~/.openprotein``)::
 Without the variable the test is skipped; CI installs the SDK with ``.ci/sdk_venvs.sh``.
 
 Flow: connect -> create_msa(BLAT wild type) -> upload_msa(300 real BLAT rows) ->
-sample_prompt(3 replicates) -> session.embedding poet.score(6 Jacquier variants) ->
+sample_prompt(3 replicates) -> create_prompt / create_query -> session.embedding poet.score(6 Jacquier variants) ->
 single_site over 40 positions -> indel -> generate with a seed twice -> PoET embed/logits and a (tiny)
 ESM-2 embed -> load_job by id -> a bad id.
 """
@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,12 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert all(seq.isalpha() and seq.isupper() for rep in out["prompt"] for _, seq in rep)
     assert out["prompt_meta"] == {"id": out["prompt_id"], "num_replicates": 3, "job_id": out["prompt_id"]}
     assert "poet" in out["models"]
+    up = out["uploaded_prompt"]
+    assert up["name"] == "blat-upload" and up["num_replicates"] == 2
+    assert up["content"] == [up["homologs"][:3], up["homologs"][3:]]
+    assert len(out["listed_prompts"]) == 2 and out["prompt_id"] in out["listed_prompts"]
+    assert out["query"]["seq"] == wt[:30] + "XXX"
+    assert str(uuid.UUID(out["query"]["id"], version=4)) == out["query"]["id"]
 
     # scores equal the engine's under the same 3 replicates
     from plmserve.models.poet.engine import PoET
@@ -129,6 +136,9 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert [r[1] for r in out["score"]] == [seq for _, seq in given["variants"]]
     got = np.array([r[2] for r in out["score"]])
     np.testing.assert_allclose(got, engine.score(reps, [s for _, s in given["variants"]]).T, rtol=1e-5, atol=1e-4)
+
+    up_reps = [up["homologs"][:3], up["homologs"][3:]]
+    np.testing.assert_allclose(out["uploaded_prompt_score"], engine.score(up_reps, [wt])[:, 0], rtol=1e-5, atol=1e-4)
 
     assert out["single_site_type"] == "/poet/single_site"
     codes = [r[0] for r in out["single_site"]]
@@ -155,6 +165,6 @@ def test_official_sdk_0_17_workflow(tmp_path):
 
     assert out["reloaded_type"] == "EmbeddingsScoreFuture"
     assert out["reloaded_score"] == [[r[0], r[2]] for r in out["score"]]
-    assert out["jobs_score"] == 1
-    assert out["jobs_success_prompt"] == [out["prompt_id"]]
+    assert out["jobs_score"] == 2  # the sampled and the uploaded prompt's score jobs
+    assert out["prompt_id"] in out["jobs_success_prompt"]
     assert out["bad_id"] == {"type": "HTTPError", "status": 404}
