@@ -128,7 +128,7 @@ def test_models_list_and_detail(server, alice):
     assert r.status_code == 200
     models = {m["model_id"]: m for m in r.json()}
     poet = models["poet"]
-    assert poet["description"]["summary"] and poet["dimension"] == 1024
+    assert poet["description"]["summary"] and poet["dimension"] == engine().config.hidden_dim  # the loaded one
     assert {"score", "generate", "embed", "logits"} <= set(poet["output_types"])
     assert poet["output_tokens"] == list("ARNDCQEGHILKMFPSTWYV")
     assert all(isinstance(t[0]["id"], int) for t in poet["token_descriptions"])

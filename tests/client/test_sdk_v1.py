@@ -73,7 +73,7 @@ def test_v1_surface_end_to_end(session):
     seqs = [[p.sequence.decode() for p in rep] for rep in reps]
 
     poet = session.embedding.poet
-    assert poet is session.embedding.get_model("poet") and poet.metadata.dimension == 1024
+    assert poet is session.embedding.get_model("poet") and poet.metadata.dimension == engine().config.hidden_dim
     score = poet.score(["MKTAYIAKQR", "MKTAYIAKQW"], prompt=prompt)
     got = score.wait(timeout=60)
     assert [s.name for s in got] == ["sequence-1", "sequence-2"] and got[1].sequence == b"MKTAYIAKQW"

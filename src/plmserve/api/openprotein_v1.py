@@ -174,9 +174,14 @@ PROPRIETARY = {"poet-2": "PoET-2 is OpenProtein.AI's proprietary model: it has n
                          "cannot serve it. Use model 'poet' (PoET-1, open weights) instead."}
 
 
-def _poet_metadata(settings) -> dict[str, Any]:
+def _poet_metadata(models) -> dict[str, Any]:
     """ModelMetadata of PoET-1 (spec §6): tokens in PoET's vocabulary order (ids 0..19 the 20
-    amino acids; X, O, U, B, Z accepted on input), hidden size 1024 of the released checkpoint."""
+    amino acids; X, O, U, B, Z accepted on input); ``dimension`` is the loaded engine's hidden
+    size, else 1024 (the released checkpoint)."""
+    dimension = 1024
+    if "poet" in models.loaded():
+        cfg = getattr(models.get("poet", family="poet"), "config", None)
+        dimension = int(getattr(cfg, "hidden_dim", dimension))
     tokens = [[{"id": i, "token": t, "primary": True, "description": d}]
               for i, (t, d) in enumerate(zip(_AA, _AA_NAMES))]
     tokens += [[{"id": 20 + i, "token": t, "primary": False, "description": d}]
@@ -189,7 +194,7 @@ def _poet_metadata(settings) -> dict[str, Any]:
             "summary": "PoET protein family model (PoET-1, open weights), served by plmserve",
         },
         "max_sequence_length": 4096,
-        "dimension": 1024,
+        "dimension": dimension,
         "output_types": ["score", "score_single_site", "score_indel", "generate", "embed", "logits"],
         "input_tokens": _AA + list(_EXTRA),
         "output_tokens": list(_AA),
@@ -222,31 +227,32 @@ def _esm2_specs() -> dict[str, Any]:
     return {s.config["fair_esm_name"]: s for s in registry_models("esm2")}
 
 
-def _models(settings) -> list[dict[str, Any]]:
-    return [_poet_metadata(settings)] + [_esm2_metadata(s) for s in _esm2_specs().values()]
+def _models(state) -> list[dict[str, Any]]:
+    """Every servable model's metadata (``state``: the app state, for the loaded models)."""
+    return [_poet_metadata(state.models)] + [_esm2_metadata(s) for s in _esm2_specs().values()]
 
 
-def _model_or_404(model_id: str, settings) -> dict[str, Any]:
-    for m in _models(settings):
+def _model_or_404(model_id: str, state) -> dict[str, Any]:
+    for m in _models(state):
         if m["model_id"] == model_id:
             return m
     if model_id in PROPRIETARY:
         raise NotFoundError(PROPRIETARY[model_id])
-    known = ", ".join(m["model_id"] for m in _models(settings))
+    known = ", ".join(m["model_id"] for m in _models(state))
     raise NotFoundError(f"unknown model '{model_id}'; this server serves: {known}")
 
 
 @router.get("/embeddings/models")
 def list_models(request: Request, verbose: bool = Query(False), _owner: str = Depends(caller_owner)):
     """Every model this server can serve: ModelMetadata objects with ``verbose=true``, else ids."""
-    models = _models(request.app.state.settings)
+    models = _models(request.app.state)
     return models if verbose else [m["model_id"] for m in models]
 
 
 @router.get("/embeddings/models/{model_id}")
 def get_model(model_id: str, request: Request, _owner: str = Depends(caller_owner)):
     """One model's ModelMetadata (404 for unknown models; ``poet-2``: no public weights)."""
-    return _model_or_404(model_id, request.app.state.settings)
+    return _model_or_404(model_id, request.app.state)
 
 
 # ---------------------------------------------------------------------- PoET actions (§7)
@@ -291,7 +297,7 @@ class EmbedBody(_Body):
 
 
 def _poet_only(model: str, request: Request) -> None:
-    _model_or_404(model, request.app.state.settings)
+    _model_or_404(model, request.app.state)
     if model != "poet":
         raise NotFoundError(f"model '{model}' has no PoET actions; use model 'poet'")
 
@@ -375,7 +381,7 @@ def post_generate(model: str, body: GenerateBody, request: Request, owner: str =
 
 
 def _submit_arrays(model: str, kind: str, body: EmbedBody, request: Request, owner: str):
-    _model_or_404(model, request.app.state.settings)
+    _model_or_404(model, request.app.state)
     reduction = body.reduction.upper() if body.reduction else None
     if kind == JOB_EMBED and reduction not in (None, *REDUCTIONS):
         raise InvalidParameterError(f"reduction must be one of {', '.join(REDUCTIONS)} (or omitted for per-residue)")
@@ -416,7 +422,7 @@ def post_logits(model: str, body: EmbedBody, request: Request, owner: str = Depe
 @router.post("/embeddings/models/{model}/attn")
 def post_attn(model: str, request: Request, _owner: str = Depends(caller_owner)):
     """Attention maps: not available for PoET (the SDK refuses it client-side too)."""
-    _model_or_404(model, request.app.state.settings)
+    _model_or_404(model, request.app.state)
     raise InvalidParameterError(f"model '{model}' does not provide attention maps (output types: embed, logits)")
 
 
