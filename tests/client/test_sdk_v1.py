@@ -126,3 +126,14 @@ def test_v1_surface_end_to_end(session):
     assert exc.value.status_code == 404
     assert bob.prompt.list_prompts() == []
     bob.close()
+
+
+def test_session_refreshes_an_expired_access_token(session):
+    assert session._refresh_token  # logged in through v1/auth/login
+    session._client.headers["authorization"] = "Bearer expired-or-revoked"
+    assert session.jobs.list() == []  # 401 -> v1/auth/refresh -> retried with the new token
+    assert session._client.headers["authorization"] != "Bearer expired-or-revoked"
+    session._refresh_token = "forgotten-by-the-server"
+    session._client.headers["authorization"] = "Bearer expired-or-revoked"
+    with pytest.raises(pc.AuthError):
+        session.jobs.list()
