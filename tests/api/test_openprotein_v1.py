@@ -477,7 +477,7 @@ def test_esm2_embed_and_logits_via_embeddings(tmp_path):
         models = {m["model_id"]: m for m in client.get(f"{API}/embeddings/models", params={"verbose": True},
                                                        headers=alice).json()}
         assert models["esm2_t6_8M_UR50D"]["dimension"] == 320 and models["esm2_t33_650M_UR50D"]["output_types"] == \
-            ["embed", "logits"]
+            ["embed", "logits", "attn"]
         seqs = ["MKTAYIAKQR", "MRTAY"]
         jobs = {}
         for kind, body in (("mean", {"reduction": "MEAN"}), ("per_res", {}), ("logits", None)):
@@ -500,6 +500,20 @@ def test_esm2_embed_and_logits_via_embeddings(tmp_path):
         np.testing.assert_allclose(arr("mean", "MRTAY"), mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(arr("per_res", "MRTAY"), per_res, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(arr("logits", "MKTAYIAKQR"), ref[0]["logits"], rtol=1e-5, atol=1e-5)
+        # attention maps of the last layer, [H, L, L], equal to the engine's own maps
+        r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/attn", json={"sequences": ["MRTAY"]}, headers=alice)
+        assert r.status_code == 200 and r.json()["job_type"] == "/embeddings/attn"
+        jobs["attn"] = r.json()
+        assert wait_job(client, alice, r.json()["job_id"])["status"] == "SUCCESS"
+        from plmserve.models.esm2.engine import attention_maps
+
+        with attention_maps() as maps:
+            eng.encode(["MRTAY"], include=["attentions"])
+        attn = arr("attn", "MRTAY")
+        assert attn.shape == (4, 5, 5)
+        np.testing.assert_allclose(attn, maps[-1][0, :, 1:-1, 1:-1].numpy(), rtol=1e-5, atol=1e-6)
+        r = client.post(f"{API}/embeddings/models/poet/attn", json={"sequences": ["MKT"]}, headers=alice)
+        assert r.status_code == 400 and "attention" in r.json()["detail"]
         r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/embed", json={"sequences": ["MK1"]}, headers=alice)
         assert r.status_code == 400
         r = client.post(f"{API}/embeddings/models/esm2_t6_8M_UR50D/embed", json={"sequences": ["MKT"], "prompt_id": "p"},

@@ -109,6 +109,7 @@ out["poet_logits"] = [list(a.shape) for _, a in lg.wait(**poll)]
 step("poet_logits")
 esm = session.embedding.get_model("esm2_t6_8M_UR50D")
 out["esm_embed"] = [list(a.shape) for _, a in esm.embed([wt[:50]]).wait(**poll)]
+out["esm_attn"] = [list(a.shape) for _, a in esm.attn([wt[:12]]).wait(**poll)]
 
 step("esm")
 # 5. reload by id; a bad id raises the SDK's error type

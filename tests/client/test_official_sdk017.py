@@ -82,7 +82,7 @@ def test_official_sdk_0_17_workflow(tmp_path):
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     (model_dir / "poet.ckpt").symlink_to(shared_path("fixtures", "poet", "model.ckpt"))
-    from tests.api._esm2_tiny import EMBED_DIM, make_tiny_esm2_dir
+    from tests.api._esm2_tiny import EMBED_DIM, HEADS, make_tiny_esm2_dir
 
     make_tiny_esm2_dir(model_dir, slug="esm2-8m")  # a tiny random ESM-2 served as esm2_t6_8M_UR50D
     settings = Settings(data_dir=tmp_path / "data", api_keys=["k"], msa_database=tmp_path / "search_db.fasta",
@@ -162,6 +162,7 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert out["poet_embed"] == [[wt[:30], [3, d]], [wt[:20], [3, d]]]
     assert out["poet_logits"] == [[3, 20, 24]]
     assert out["esm_embed"] == [[EMBED_DIM]]
+    assert out["esm_attn"] == [[HEADS, 12, 12]]
 
     assert out["reloaded_type"] == "EmbeddingsScoreFuture"
     assert out["reloaded_score"] == [[r[0], r[2]] for r in out["score"]]

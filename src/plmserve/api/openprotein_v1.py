@@ -58,6 +58,7 @@ from plmserve.jobs import poet as pj
 from plmserve.jobs.poet_v1 import (
     ARRAY_JOB_TYPES,
     ART_ARRAYS,
+    JOB_ATTN,
     JOB_EMBED,
     JOB_LOGITS,
     JOB_SCORE_INDEL,
@@ -214,7 +215,7 @@ def _esm2_metadata(spec) -> dict[str, Any]:
                         "summary": f"{spec.description} (plmserve model '{spec.slug}')"},
         "max_sequence_length": 1022,
         "dimension": int(spec.config["embed_dim"]),
-        "output_types": ["embed", "logits"],
+        "output_types": ["embed", "logits", "attn"],
         "input_tokens": _AA + list(_EXTRA),
         "output_tokens": list(STANDARD_AA),
         "token_descriptions": None,
@@ -420,10 +421,14 @@ def post_logits(model: str, body: EmbedBody, request: Request, owner: str = Depe
 
 
 @router.post("/embeddings/models/{model}/attn")
-def post_attn(model: str, request: Request, _owner: str = Depends(caller_owner)):
-    """Attention maps: not available for PoET (the SDK refuses it client-side too)."""
+def post_attn(model: str, body: EmbedBody, request: Request, owner: str = Depends(caller_owner)):
+    """Attention maps of the last layer (job ``/embeddings/attn``; ESM-2 only: PoET has none,
+    and the SDK refuses it client-side too)."""
     _model_or_404(model, request.app.state)
-    raise InvalidParameterError(f"model '{model}' does not provide attention maps (output types: embed, logits)")
+    if model not in _esm2_specs():
+        raise InvalidParameterError(f"model '{model}' does not provide attention maps (output types: embed, logits)")
+    body.reduction = None
+    return _submit_arrays(model, JOB_ATTN, body, request, owner)
 
 
 # ---------------------------------------------------------------------- results (§8)
@@ -506,7 +511,7 @@ def get_stream(job_id: str, request: Request, owner: str = Depends(caller_owner)
     return Response(content=bytes(out), media_type="application/octet-stream")
 
 
-_KINDS = {"embed": JOB_EMBED, "logits": JOB_LOGITS}
+_KINDS = {"embed": JOB_EMBED, "logits": JOB_LOGITS, "attn": JOB_ATTN}
 
 
 @router.get("/embeddings/{kind}/{job_id}/sequences")

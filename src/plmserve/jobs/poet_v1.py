@@ -5,7 +5,8 @@
 ``/poet/score``             (shared with :mod:`plmserve.jobs.poet`) score variants
 ``/poet/score/indel``       every insertion/deletion of a base sequence, scored like ``/poet/score``
 ``/embeddings/embed``       PoET per-residue embeddings, or their MEAN/SUM over residues
-``/embeddings/logits``      PoET next-token logits of every residue
+``/embeddings/logits``      PoET next-token logits of every residue (ESM-2: masked-LM logits)
+``/embeddings/attn``        ESM-2 attention maps of the last layer
 =========================== ===================================================================
 
 Artifacts: ``input.json`` (``[[name, sequence], ...]``, as for scoring) and ``result.npz``
@@ -38,10 +39,11 @@ from plmserve.jobs.poet import ART_INPUT, JOB_SCORE_NEW, load_prompt, run_score
 JOB_SCORE_INDEL = "/poet/score/indel"
 JOB_EMBED = "/embeddings/embed"
 JOB_LOGITS = "/embeddings/logits"
+JOB_ATTN = "/embeddings/attn"
 ART_ARRAYS = "result.npz"
 REDUCTIONS = ("MEAN", "SUM")
 V1_SCORE_TYPES = frozenset({JOB_SCORE_NEW, JOB_SCORE_INDEL})
-ARRAY_JOB_TYPES = frozenset({JOB_EMBED, JOB_LOGITS})
+ARRAY_JOB_TYPES = frozenset({JOB_EMBED, JOB_LOGITS, JOB_ATTN})
 
 
 def indel_variants(base: str, insert: str | None = None, delete: Sequence[int] | None = None) -> list[tuple[str, str]]:
@@ -104,10 +106,22 @@ def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) ->
 def esm2_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None) -> list[np.ndarray]:
     """ESM-2 arrays through :meth:`plmserve.models.esm2.engine.ESM2Engine.encode` (last layer):
     ``logits`` ``[L, 20]`` (columns ``engine.alphabet_tokens``), embeddings ``[L, D]``
-    per residue (BOS/EOS excluded) or their MEAN/SUM ``[D]``."""
+    per residue (BOS/EOS excluded) or their MEAN/SUM ``[D]``, ``attn`` the last layer's
+    attention weights ``[H, L, L]`` between residues (BOS/EOS rows and columns dropped; rows do
+    not sum to 1 then)."""
     if kind == "logits":
         out = engine.encode(list(sequences), include=["logits"])
         return [np.asarray(o["logits"], dtype=np.float32) for o in out]
+    if kind == "attn":
+        from plmserve.models.esm2.engine import attention_maps
+
+        arrays = []
+        for seq in sequences:  # one at a time: the maps of one unpadded sequence
+            with attention_maps() as maps:
+                engine.encode([seq], include=["attentions"])
+            last = maps[-1][0]  # [H, T, T] of the last layer, T = L + 2 (BOS, EOS)
+            arrays.append(last[:, 1:-1, 1:-1].float().cpu().numpy())
+        return arrays
     out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
     arrays = []
     for o in out:
@@ -178,6 +192,11 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def run_attn(ctx: JobContext) -> JobOutput:
+    """``/embeddings/attn``: ESM-2 attention maps of every input sequence."""
+    return _run_arrays(ctx, "attn")
+
+
 def handlers() -> dict[str, Handler]:
     """``job_type -> work function`` for the v1-only job types."""
-    return {JOB_SCORE_INDEL: run_score, JOB_EMBED: run_embed, JOB_LOGITS: run_logits}
+    return {JOB_SCORE_INDEL: run_score, JOB_EMBED: run_embed, JOB_LOGITS: run_logits, JOB_ATTN: run_attn}
