@@ -744,13 +744,18 @@ def get_prompt_content(prompt_id: str, request: Request, owner: str = Depends(ca
 
 
 # ---------------------------------------------------------------------- wiring
+def _install_log_filters() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        access_log.install(name)
+
+
 def _startup(app: FastAPI) -> None:
-    access_log.install()
+    _install_log_filters()  # again: uvicorn may have applied its logging configuration since
 
 
 def include(app: FastAPI) -> None:
-    """Add the v1 routes under ``/api/v1`` and the access-log credential filter."""
-    access_log.install()
+    """Add the v1 routes under ``/api/v1`` and the credential filter of uvicorn's logs."""
+    _install_log_filters()
     app.state.startup.append(_startup)
     app.include_router(public, prefix="/api/v1")
     app.include_router(router, prefix="/api/v1")
