@@ -8,6 +8,7 @@ directory (the SDK keeps tokens in ``~/.openprotein``).
 """
 
 import json
+import os
 import sys
 import time
 
@@ -123,6 +124,34 @@ try:
     out["bad_id"] = None
 except HTTPError as exc:
     out["bad_id"] = {"type": type(exc).__name__, "status": exc.status_code}
+# tokens: the SDK adopts its stored token on the next connect; an expired one is refreshed
+# (v1/auth/refresh); a refresh token the server does not know (401) makes it log in again
+def tokens():
+    with open(os.path.expanduser("~/.openprotein/token.json")) as fh:
+        return json.load(fh)
+
+
+def rewrite(**fields):
+    data = tokens()
+    for rec in data.values():
+        rec.update(fields)
+    with open(os.path.expanduser("~/.openprotein/token.json"), "w") as fh:
+        json.dump(data, fh)
+
+
+backend = url.rstrip("/") + "/api/"
+first = next(iter(tokens().values()))
+s2 = openprotein.connect(username, password, backend=backend)
+out["adopted"] = next(iter(tokens().values()))["access_token"] == first["access_token"] and len(s2.jobs.list()) > 0
+rewrite(expires_at=0.0)
+s3 = openprotein.connect(username, password, backend=backend)
+n3 = len(s3.jobs.list())
+after = next(iter(tokens().values()))
+out["refreshed"] = (after["access_token"] != first["access_token"] and after["refresh_token"] != first["refresh_token"]
+                    and n3 > 0)
+rewrite(expires_at=0.0, refresh_token="forgotten-by-the-server")
+s4 = openprotein.connect(username, password, backend=backend)
+out["relogin"] = len(s4.jobs.list()) > 0 and next(iter(tokens().values()))["refresh_token"] != "forgotten-by-the-server"
 step("end")
 out["steps"] = STEPS
 print(json.dumps(out))

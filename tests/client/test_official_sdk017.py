@@ -169,3 +169,4 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert out["jobs_score"] == 2  # the sampled and the uploaded prompt's score jobs
     assert out["prompt_id"] in out["jobs_success_prompt"]
     assert out["bad_id"] == {"type": "HTTPError", "status": 404}
+    assert out["adopted"] and out["refreshed"] and out["relogin"]
