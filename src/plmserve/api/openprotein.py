@@ -34,7 +34,6 @@ import logging
 import random
 import threading
 import uuid
-from datetime import datetime
 from enum import Enum
 from typing import Any
 
