@@ -192,7 +192,7 @@ def test_random_seed_drawn_and_recorded():
         ({"min_similarity": 0.9, "max_similarity": 0.5}, InvalidParameterError, "must not be greater"),
         ({"num_ensemble_prompts": 16}, InvalidParameterError, "The 'num_ensemble_prompts' must be between 1 and 15."),
         ({"num_ensemble_prompts": 0}, InvalidParameterError, "'num_ensemble_prompts'"),
-        ({"random_seed": 0}, InvalidParameterError, "The 'random_seed' must be between 1 and 4294967295."),
+        ({"random_seed": -1}, InvalidParameterError, "The 'random_seed' must be between 0 and 4294967295."),
         ({"random_seed": 2**32}, InvalidParameterError, "'random_seed'"),
         ({"method": "BEST"}, InvalidParameterError, "The 'method' must be one of"),
     ],

@@ -173,7 +173,7 @@ def test_sample_prompt_replicates_and_inputs(server, alice):
 @pytest.mark.parametrize("params, status, text", [
     ({"replicates": 16}, 422, None),
     ({"max_msa_sequences": 100}, 422, None),
-    ({"seed": 0}, 422, None),
+    ({"seed": -1}, 422, None),
     ({"max_msa_sequences": 5, "max_msa_tokens": 500}, 400, "but not both"),
     ({"min_similarity": 0.9, "max_similarity": 0.5}, 400, "must not exceed"),
     ({"msa_method": "BEST"}, 400, "unknown msa_method"),

@@ -40,7 +40,12 @@ def test_default_database_is_sqlite_file_in_data_dir(tmp_path):
         tables = set(inspect(st.engine).get_table_names())
         assert {"users", "access_tokens", "jobs", "job_artifacts", "alembic_version"} <= tables
         with st.engine.connect() as c:
-            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            from alembic.script import ScriptDirectory
+
+            from plmserve.jobs.store import MIGRATIONS_DIR
+
+            head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     finally:
         st.close()
 

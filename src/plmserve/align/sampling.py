@@ -427,8 +427,8 @@ def validate_prompt_params(
         raise InvalidParameterError("The 'min_similarity' must not be greater than 'max_similarity'.")
     if not (1 <= num_ensemble_prompts <= MAX_REPLICATES):
         raise InvalidParameterError(f"The 'num_ensemble_prompts' must be between 1 and {MAX_REPLICATES}.")
-    if random_seed is not None and not (1 <= random_seed <= MAX_SEED):
-        raise InvalidParameterError(f"The 'random_seed' must be between 1 and {MAX_SEED}.")
+    if random_seed is not None and not (0 <= random_seed <= MAX_SEED):  # 0.17 SDKs may draw 0
+        raise InvalidParameterError(f"The 'random_seed' must be between 0 and {MAX_SEED}.")
     if method not in METHODS:
         raise InvalidParameterError(f"The 'method' must be one of {', '.join(METHODS)} (got {method!r}).")
     return num_sequences, num_residues
@@ -463,7 +463,7 @@ def sample_prompt(
             (official ``force_include_first``) and, should the shuffled budget pass of the prompt
             builder drop it, appended to the prompt, so every replicate contains it.
         num_ensemble_prompts: replicates (1..15); replicate *k* uses seed ``random_seed + k``.
-        random_seed: 1..2**32-1; None draws one (recorded in the result).
+        random_seed: 0..2**32-1; None draws one (recorded in the result).
 
     Returns:
         :class:`SampledPrompt`.

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import json
 import logging
 import random
 import threading
 import uuid
-from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -56,6 +56,7 @@ from plmserve.jobs.store import FAILURE, SUCCESS, JobRecord, JobStore, user_owne
 logger = logging.getLogger(__name__)
 
 POET_MAX_PAGE_SIZE = 1_000_000
+MAX_PAGE_OFFSET = 1_000_000_000
 DEFAULT_NUM_RESIDUES = 12288
 
 
@@ -254,15 +255,18 @@ def list_jobs(
     status: str | None = Query(None),
     job_type: str | None = Query(None),
     assay_id: str | None = Query(None),
-    more_recent_than: datetime | None = Query(None),
+    more_recent_than: str | None = Query(None, description="ISO 8601 date-time; naive means UTC"),
     page_size: int | None = Query(None, ge=1, le=10000),
-    page_offset: int = Query(0, ge=0),
+    page_offset: int = Query(0, ge=0, le=MAX_PAGE_OFFSET),
     limit: int | None = Query(None, ge=1, le=10000),
 ):
     """The caller's jobs, newest first (filters: status, job_type, more_recent_than)."""
+    from plmserve.api.openprotein_v1 import parse_iso_datetime, parse_status
+
     jobs = _store(request).list_jobs(
-        owner, status=status.upper() if status else None, job_type=job_type,
-        more_recent_than=more_recent_than, limit=page_size or limit or 1000, offset=page_offset,
+        owner, status=parse_status(status), job_type=job_type,
+        more_recent_than=parse_iso_datetime(more_recent_than, "more_recent_than"),
+        limit=page_size or limit or 1000, offset=page_offset,
     )
     return [job_wire(j) for j in jobs]
 
@@ -369,7 +373,7 @@ def post_prompt(
     min_similarity: float = Query(0.0, ge=0.0, le=1.0),
     force_include_first: bool = Query(False),
     replicates: int = Query(1, ge=1, le=15),
-    seed: int | None = Query(None, ge=1, le=4294967295),
+    seed: int | None = Query(None, ge=0, le=4294967295),  # 0.17 SDKs may draw 0
     owner: str = Depends(caller_owner),
 ):
     """Sample ``replicates`` prompts from an MSA (it may still be running: the prompt job then
@@ -551,6 +555,7 @@ def include(app: FastAPI) -> None:
     service's start-up (re-queue unfinished jobs) and shut-down hooks."""
     app.include_router(public, prefix="/api/v1")
     app.include_router(router, prefix="/api/v1")
+    importlib.import_module("plmserve.api.openprotein_v1").include(app)  # openprotein-python 0.17 surface
     add_token_validator(app, _user_token_validator)
     app.state.startup.append(_startup)
     app.state.shutdown.append(_shutdown)

@@ -5,6 +5,8 @@
     import plmserve.client
     session = plmserve.client.connect("http://127.0.0.1:8000", "alice", "secret-pw")
     session.poet          # PoetAPI: the OpenProtein SDK 0.2 PoET workflow (create_msa -> sample_prompt -> score ...)
+    session.align, session.prompt, session.embedding.poet, session.load_job(id)
+                          # the OpenProtein SDK 0.17 surface (plmserve.client.v1)
     session.jobs          # JobsAPI: list / get / wait / cancel
     session.esm2("esm2-8m").encode(["MKTAYIAKQR"])   # BioLM-compatible ESM-2 routes
     session.encode("esm2-8m", ["MKTAYIAKQR"])        # the same, shorter
@@ -40,6 +42,7 @@ from plmserve.client.poet import (
     PoetSSPResult,
     PromptFuture,
 )
+from plmserve.client.v1 import AlignAPI, EmbeddingsAPI, PromptAPI, load_job
 
 
 class Session(APISession):
@@ -49,6 +52,28 @@ class Session(APISession):
     def poet(self) -> PoetAPI:
         """The PoET/align workflow (OpenProtein SDK 0.2 ``PoetAPI``)."""
         return PoetAPI(self)
+
+    @property
+    def align(self) -> AlignAPI:
+        """MSAs (OpenProtein SDK 0.17 ``session.align``)."""
+        return AlignAPI(self)
+
+    @property
+    def prompt(self) -> PromptAPI:
+        """Prompts and queries (OpenProtein SDK 0.17 ``session.prompt``)."""
+        return PromptAPI(self)
+
+    @property
+    def embedding(self) -> EmbeddingsAPI:
+        """The server's models (``session.embedding.poet``; OpenProtein SDK 0.17). The model
+        list is fetched once per session."""
+        if getattr(self, "_embedding", None) is None:
+            self._embedding = EmbeddingsAPI(self)
+        return self._embedding
+
+    def load_job(self, job_id: str):
+        """The 0.17-style future of a job by id (``MSAFuture``, ``Prompt``, ``ScoreFuture`` ...)."""
+        return load_job(self, job_id)
 
     @property
     def jobs(self) -> JobsAPI:
@@ -97,6 +122,7 @@ def connect(url: str, username: str | None = None, password: str | None = None, 
 
 
 __all__ = [
+    "AlignAPI", "EmbeddingsAPI", "PromptAPI", "load_job",
     "APIError", "APISession", "AuthError", "ESM2API", "EncodeResult", "InvalidJob", "InvalidParameterError",
     "Job", "JobFailedException", "JobStatus", "JobsAPI", "LogProbResult", "MSAFuture", "MSASamplingMethod",
     "MissingParameterError", "PoetAPI", "PoetGenerateFuture", "PoetInputType", "PoetSSPResult",

@@ -1,7 +1,7 @@
 """HTTP session of the plmserve SDK (httpx), with OpenProtein-style login.
 
-``APISession(url, username, password)`` logs in with ``POST v1/login/user-access-token``
-(query parameters, as the OpenProtein SDK does) and sends ``Authorization: Bearer <token>``;
+``APISession(url, username, password)`` logs in with ``POST v1/auth/login`` (form body; older
+servers: ``v1/login/user-access-token``) and sends ``Authorization: Bearer <token>``;
 ``APISession(url, api_key=KEY)`` sends a server API key instead. Every non-2xx answer raises
 :class:`~plmserve.client.errors.APIError` (401/403: :class:`AuthError`) carrying the server's
 ``detail`` message.
@@ -50,6 +50,7 @@ class APISession:
         self.poll_interval = poll_interval
         self._client = httpx.Client(base_url=self.backend, timeout=timeout, transport=transport)
         self._token: str | None = None
+        self._refresh_token: str | None = None
         if api_key is not None:
             self._client.headers["authorization"] = f"Token {api_key}"
         elif username is not None:
@@ -57,22 +58,50 @@ class APISession:
 
     # ------------------------------------------------------------------ auth
     def login(self, username: str, password: str) -> None:
-        """Get a bearer token for ``username`` (raises :class:`AuthError` when refused)."""
+        """Get a bearer token for ``username`` (raises :class:`AuthError` when refused).
+
+        Uses ``v1/auth/login`` (credentials in a form body, never in the URL); a server without
+        it (404) is asked through the older ``v1/login/user-access-token``."""
         try:
-            r = self._client.post("v1/login/user-access-token", params={"username": username, "password": password})
+            r = self._client.post("v1/auth/login", data={"username": username, "password": password})
+            if r.status_code == 404:
+                r = self._client.post("v1/login/user-access-token",
+                                      params={"username": username, "password": password})
         except httpx.HTTPError as exc:
             raise APIError(f"cannot reach {self.backend}: {exc}", url=self.backend) from None
         if r.status_code != 200:
             raise AuthError(f"Unable to authenticate with given credentials: {r.status_code} : {_detail(r)}",
                             status_code=r.status_code, detail=_detail(r), url=str(r.url))
-        self._token = r.json()["access_token"]
+        body = r.json()
+        self._token = body["access_token"]
+        self._refresh_token = body.get("refresh_token")
         self._client.headers["authorization"] = f"Bearer {self._token}"
+
+    def refresh(self) -> bool:
+        """Exchange the refresh token for a new access token (``v1/auth/refresh``); False when
+        there is none or the server refused it."""
+        token = getattr(self, "_refresh_token", None)
+        if not token:
+            return False
+        try:
+            r = self._client.post("v1/auth/refresh", json={"refresh_token": token})
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            self._refresh_token = None
+            return False
+        body = r.json()
+        self._token, self._refresh_token = body["access_token"], body.get("refresh_token")
+        self._client.headers["authorization"] = f"Bearer {self._token}"
+        return True
 
     # ------------------------------------------------------------------ requests
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request relative to ``<url>/api/``; raise :class:`APIError` unless 2xx."""
         try:
             r = self._client.request(method, path, **kwargs)
+            if r.status_code == 401 and self.refresh():  # an expired access token: refresh once, retry
+                r = self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise APIError(f"request to {self.backend}{path} failed: {exc}", url=f"{self.backend}{path}") from None
         if r.status_code >= 400:

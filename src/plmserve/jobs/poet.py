@@ -363,6 +363,8 @@ def run_generate(ctx: JobContext) -> JobOutput:
 
 def handlers() -> dict[str, Handler]:
     """``job_type -> work function`` for every job type this module runs."""
+    from plmserve.jobs.poet_v1 import handlers as v1_handlers
+
     return {
         JOB_MSA: run_msa,
         JOB_PROMPT: run_prompt,
@@ -370,6 +372,7 @@ def handlers() -> dict[str, Handler]:
         JOB_SCORE_NEW: run_score,
         JOB_SINGLE_SITE: run_single_site,
         JOB_GENERATE: run_generate,
+        **v1_handlers(),  # /poet/score/indel, /embeddings/embed, /embeddings/logits
     }
 
 
@@ -381,6 +384,8 @@ def read_result(store: JobStore, job: JobRecord) -> list[dict[str, Any]]:
     """
     data = store.get_artifact(job.job_id, ART_RESULT)
     if data is None:
+        if job.status == "CANCELED":
+            raise ConflictError(f"job {job.job_id} was canceled; it has no results")
         if job.status == "FAILURE":
             raise ConflictError(f"job {job.job_id} failed: {job.failure_message}")
         raise ConflictError(f"job {job.job_id} has not produced results yet (status {job.status})")

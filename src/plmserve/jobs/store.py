@@ -168,6 +168,17 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(test.hex(), digest)
 
 
+_REFRESH_PREFIX = "refresh:"
+_DUMMY_HASH: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A fixed scrypt hash (computed once) that unknown users' passwords are checked against."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(hash_password(secrets.token_urlsafe(16)))
+    return _DUMMY_HASH[0]
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -286,7 +297,8 @@ class JobStore:
         with self._session() as s:
             user = s.scalar(select(User).where(User.name == name))
             if user is None:
-                verify_password(password, hash_password("timing-equaliser"))
+                # one scrypt verification, as for a known user with a wrong password
+                verify_password(password, _dummy_hash())
                 return None
             if not verify_password(password, user.password_hash):
                 return None
@@ -321,6 +333,37 @@ class JobStore:
             res = s.execute(delete(AccessToken).where(AccessToken.token_hash == _token_hash(token)))
             s.commit()
             return res.rowcount == 1
+
+    # ------------------------------------------------------------------ refresh tokens (v1/auth)
+    def issue_refresh_token(self, user_id: int, lifetime: timedelta = TOKEN_LIFETIME) -> str:
+        """A new random refresh token for ``user_id``.
+
+        Stored in the access-token table under the SHA-256 of ``"refresh:" + token``, so a
+        refresh token is never accepted as an access token (and vice versa).
+        """
+        token = secrets.token_urlsafe(32)
+        with self._session() as s:
+            s.add(AccessToken(token_hash=_token_hash(_REFRESH_PREFIX + token), user_id=user_id,
+                              created_date=utcnow(), expires_date=utcnow() + lifetime))
+            s.commit()
+        return token
+
+    def use_refresh_token(self, token: str) -> UserRecord | None:
+        """Consume a refresh token (one use: it is deleted) and return its user; None when the
+        token is unknown, already used, revoked (password change) or expired."""
+        with self._session() as s:
+            row = s.get(AccessToken, _token_hash(_REFRESH_PREFIX + token))
+            if row is None:
+                return None
+            user_id, expires = row.user_id, _aware(row.expires_date)
+            s.delete(row)
+            s.commit()
+            if expires is not None and expires < utcnow():
+                return None
+            user = s.get(User, user_id)
+            if user is None:
+                return None
+            return UserRecord(id=user.id, name=user.name, created_date=_aware(user.created_date))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ jobs
     def create_job(

@@ -1,0 +1,202 @@
+"""Job types of the current OpenProtein API (``openprotein-v1-api.md`` §3.3, §7) beyond the
+0.2.x ones in :mod:`plmserve.jobs.poet`.
+
+=========================== ===================================================================
+``/poet/score``             (shared with :mod:`plmserve.jobs.poet`) score variants
+``/poet/score/indel``       every insertion/deletion of a base sequence, scored like ``/poet/score``
+``/embeddings/embed``       PoET per-residue embeddings, or their MEAN/SUM over residues
+``/embeddings/logits``      PoET next-token logits of every residue (ESM-2: masked-LM logits)
+``/embeddings/attn``        ESM-2 attention maps of the last layer
+=========================== ===================================================================
+
+Artifacts: ``input.json`` (``[[name, sequence], ...]``, as for scoring) and ``result.npz``
+(``numpy.savez``; array ``"{i}"`` belongs to the i-th input sequence, 0-based).
+
+Array conventions (PoET-1, hidden size D, vocabulary V = 24 in PoET's token order): for a
+sequence of L residues the decoder reads ``*SEQ`` (start token + residues) after the prompt;
+
+- logits ``[L, V]``: row i is the distribution over residue i+1 given the prompt and residues
+  1..i (the start token's row predicts residue 1; the stop-token row is left out);
+- embeddings ``[L, D]``: the final (LayerNorm-ed) hidden state at each residue position, i.e.
+  the input of the output head; ``reduction`` MEAN/SUM reduces over the L rows to ``[D]``.
+
+With N > 1 prompt replicates every array gains a leading replicate axis (``[N, L, D]``,
+``[N, D]``, ``[N, L, V]``). Only the forward direction is used (as the official PoET embeds).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from plmserve.errors import InvalidParameterError
+from plmserve.jobs.executor import Handler, JobContext, JobOutput
+from plmserve.jobs.poet import ART_INPUT, JOB_SCORE_NEW, load_prompt, run_score
+
+JOB_SCORE_INDEL = "/poet/score/indel"
+JOB_EMBED = "/embeddings/embed"
+JOB_LOGITS = "/embeddings/logits"
+JOB_ATTN = "/embeddings/attn"
+ART_ARRAYS = "result.npz"
+REDUCTIONS = ("MEAN", "SUM")
+V1_SCORE_TYPES = frozenset({JOB_SCORE_NEW, JOB_SCORE_INDEL})
+ARRAY_JOB_TYPES = frozenset({JOB_EMBED, JOB_LOGITS, JOB_ATTN})
+
+
+def indel_variants(base: str, insert: str | None = None, delete: Sequence[int] | None = None) -> list[tuple[str, str]]:
+    """Every insertion of ``insert`` and every deletion of each size in ``delete`` along ``base``.
+
+    Returns ``[(name, sequence)]``: the base sequence first (``WT``), then insertions before each
+    1-based position i = 1..L+1 (``{i}ins{FRAGMENT}``; L+1 appends), then for each deletion size
+    d (in the given order) the deletions of residues i..i+d-1 (``{i}del`` for d = 1, else
+    ``{i}_{i+d-1}del``). Duplicated sequences are kept (each site is a variant).
+
+    Raises:
+        InvalidParameterError: neither ``insert`` nor ``delete``; a size < 1 or >= len(base).
+    """
+    if not insert and not delete:
+        raise InvalidParameterError("score/indel needs 'insert' (a fragment) and/or 'delete' (fragment sizes)")
+    out = [("WT", base)]
+    L = len(base)
+    if insert:
+        for i in range(1, L + 2):
+            out.append((f"{i}ins{insert}", base[: i - 1] + insert + base[i - 1:]))
+    for d in delete or []:
+        if not isinstance(d, int) or d < 1 or d >= L:
+            raise InvalidParameterError(
+                f"delete: fragment size {d!r} must be between 1 and {L - 1} (the base has {L} residues)")
+        for i in range(1, L - d + 2):
+            name = f"{i}del" if d == 1 else f"{i}_{i + d - 1}del"
+            out.append((name, base[: i - 1] + base[i - 1 + d:]))
+    return out
+
+
+def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-residue logits ``[N, L, V]`` and final hidden states ``[N, L, D]`` (float32) of
+    ``sequence`` under each of the N prompts (see the module docstring for the conventions).
+
+    Uses the network of a :class:`plmserve.models.poet.engine.PoET` directly: the prompt's
+    whole-context K/V (:meth:`PoET.embed`), then one decoder pass over ``*SEQ`` with a forward
+    hook on the output projection to read the hidden states."""
+    import torch
+
+    from plmserve.models.poet import alphabet as A
+
+    model = engine.model
+    tok = torch.as_tensor(A.encode_sequence(sequence), device=engine.device)[None, :-1]  # [1, L+1]
+    pos = torch.arange(tok.shape[1], device=engine.device)[None, :]
+    L = len(sequence)
+    logits_out, hidden_out = [], []
+    for prompt in prompts:
+        cache = engine.embed(list(prompt))
+        seen: list = []
+        handle = model.linear.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+        try:
+            logits, _ = model.decode(tok, pos, memory=cache.memory)
+        finally:
+            handle.remove()
+        logits_out.append(logits[0, :L].float().cpu().numpy())
+        hidden_out.append(seen[0][0, 1: L + 1].float().cpu().numpy())
+    return np.stack(logits_out), np.stack(hidden_out)
+
+
+def esm2_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None) -> list[np.ndarray]:
+    """ESM-2 arrays through :meth:`plmserve.models.esm2.engine.ESM2Engine.encode` (last layer):
+    ``logits`` ``[L, 20]`` (columns ``engine.alphabet_tokens``), embeddings ``[L, D]``
+    per residue (BOS/EOS excluded) or their MEAN/SUM ``[D]``, ``attn`` the last layer's
+    attention weights ``[H, L, L]`` between residues (BOS/EOS rows and columns dropped; rows do
+    not sum to 1 then)."""
+    if kind == "logits":
+        out = engine.encode(list(sequences), include=["logits"])
+        return [np.asarray(o["logits"], dtype=np.float32) for o in out]
+    if kind == "attn":
+        from plmserve.models.esm2.engine import attention_maps
+
+        arrays = []
+        for seq in sequences:  # one at a time: the maps of one unpadded sequence
+            with attention_maps() as maps:
+                engine.encode([seq], include=["attentions"])
+            last = maps[-1][0]  # [H, T, T] of the last layer, T = L + 2 (BOS, EOS)
+            arrays.append(last[:, 1:-1, 1:-1].float().cpu().numpy())
+        return arrays
+    out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
+    arrays = []
+    for o in out:
+        (per_res,) = o["representations"].values()
+        per_res = np.asarray(per_res, dtype=np.float32)
+        if reduction == "MEAN":
+            per_res = per_res.mean(axis=0)
+        elif reduction == "SUM":
+            per_res = per_res.sum(axis=0)
+        arrays.append(per_res)
+    return arrays
+
+
+def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
+    res = ctx.resources
+    if ctx.args.get("family") == "esm2":
+        rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
+        engine = res.models.get(ctx.args["model"], family="esm2")
+        ctx.progress(0, 1, f"{kind} ({ctx.args['model']})")
+        arrays = esm2_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"))
+        buf = io.BytesIO()
+        np.savez(buf, **{str(i): a for i, a in enumerate(arrays)})
+        return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))
+    replicates = load_prompt(ctx.store, ctx.args["prompt_id"])
+    prompts = [[s for _, s in rep] for rep in replicates]
+    rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
+    engine = res.engine()
+    reduction = ctx.args.get("reduction")
+    arrays: dict[str, np.ndarray] = {}
+    ctx.progress(0, len(rows), f"{kind}: 0/{len(rows)}")
+    for i, (_, seq) in enumerate(rows):
+        logits, hidden = poet_arrays(engine, prompts, seq)
+        if kind == "logits":
+            arr = logits
+        elif reduction == "MEAN":
+            arr = hidden.mean(axis=1)
+        elif reduction == "SUM":
+            arr = hidden.sum(axis=1)
+        else:
+            arr = hidden
+        arrays[str(i)] = arr[0] if arr.shape[0] == 1 else arr
+        ctx.progress(i + 1, len(rows), f"{kind}: {i + 1}/{len(rows)}")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))
+
+
+def run_embed(ctx: JobContext) -> JobOutput:
+    """``/embeddings/embed``: PoET embeddings of every input sequence (see module docstring)."""
+    return _run_arrays(ctx, "embed")
+
+
+def run_logits(ctx: JobContext) -> JobOutput:
+    """``/embeddings/logits``: PoET logits of every input sequence (see module docstring)."""
+    return _run_arrays(ctx, "logits")
+
+
+def load_arrays(data: bytes) -> dict[int, np.ndarray]:
+    """The arrays of a ``result.npz`` artifact by input index."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {int(k): z[k] for k in z.files}
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """One array as the bytes of a ``.npy`` file."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def run_attn(ctx: JobContext) -> JobOutput:
+    """``/embeddings/attn``: ESM-2 attention maps of every input sequence."""
+    return _run_arrays(ctx, "attn")
+
+
+def handlers() -> dict[str, Handler]:
+    """``job_type -> work function`` for the v1-only job types."""
+    return {JOB_SCORE_INDEL: run_score, JOB_EMBED: run_embed, JOB_LOGITS: run_logits, JOB_ATTN: run_attn}
