@@ -11,6 +11,19 @@ from plmserve.errors import InvalidInputError
 
 _CODE = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
+WILD_TYPE_CODE = "WT"
+"""The code of the wild-type row in every plmserve output (CLI, SDK, non-OpenProtein HTTP).
+The OpenProtein-compatible routes keep their contract's ``X0X`` (``plmserve.jobs.poet.WT_CODE``)."""
+
+WILD_TYPE_ALIASES = frozenset({"wt", "wildtype", "wild_type", "wild-type", "_wt", "x0x", "input"})
+"""Spellings read as the wild type in input files (case-insensitive), e.g. OpenProtein's ``X0X``
+and the official SDK's ``input``."""
+
+
+def is_wild_type_code(code: str) -> bool:
+    """True when ``code`` names the wild type (``WT``, ``X0X``, ``input``, ... any case)."""
+    return code.strip().lower() in WILD_TYPE_ALIASES
+
 
 @dataclass(frozen=True)
 class Substitution:
