@@ -108,7 +108,7 @@ class RemoteEngine:
         future = self.session.poet.single_site(prompt_id, sequence)
         self._wait(future, progress)
         many = _is_list_of_lists(prompt)
-        return [("WT" if r.sequence == b"input" else r.sequence.decode(),
+        return [(r.sequence.decode(),  # the SDK already names the wild-type row WT
                  np.array(r.score) if many else float(r.score[0])) for r in future.get()]
 
     def generate(self, prompt: Any, n: int, *, temperature: float = 1.0, top_k: int | None = None,
