@@ -176,7 +176,7 @@ def _print_table(evals: list[Any]) -> None:
     title = "ProteinGym zero-shot metrics" + (f" ({conf}% bootstrap CI, {evals[0].bootstrap} replicates)"
                                               if evals[0].bootstrap else "")
     table = Table(title=title)
-    table.add_column("model / file")
+    table.add_column("model / file", no_wrap=True)
     table.add_column("n", justify="right")
     for m in METRICS:
         table.add_column(m, justify="right")
@@ -184,7 +184,10 @@ def _print_table(evals: list[Any]) -> None:
         table.add_row(e.label, str(e.n), *(_fmt(e.values[m], e.ci_low.get(m), e.ci_high.get(m)) for m in METRICS))
     from rich.console import Console
 
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:  # a file or pipe: no need to squeeze the table into 80 columns
+        out = Console(width=200)
+    out.print(table)
 
 
 @variants_app.command("evaluate")
