@@ -63,7 +63,7 @@ def _ok(result):
 
 def _one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "Traceback" not in result.output
     return lines[-1]
 
@@ -108,7 +108,7 @@ def test_score_esm3_mutation_list(tmp_path):
 
 
 def test_score_poet_prompt_replicates_and_report(small_dms, tmp_path):
-    msa_rows = [l for l in MSA.read_text().splitlines() if l and not l.startswith(">")]
+    msa_rows = [row for row in MSA.read_text().splitlines() if row and not row.startswith(">")]
     prompt = tmp_path / "prompt.fasta"
     blocks = []
     for rep in (msa_rows[1:4], msa_rows[4:7]):
@@ -122,7 +122,8 @@ def test_score_poet_prompt_replicates_and_report(small_dms, tmp_path):
     assert list(table.columns)[:5] == ["mutant", "mutated_sequence", "score", "score_1", "score_2"]
     np.testing.assert_allclose(table["score"], (table["score_1"] + table["score_2"]) / 2, atol=1e-9)
     meta = json.loads((tmp_path / "poet.csv.json").read_text())
-    assert meta["replicate_columns"] == ["score_1", "score_2"] and len(meta["settings"]["wild_type_log_likelihood"]) == 2
+    assert meta["replicate_columns"] == ["score_1", "score_2"]
+    assert len(meta["settings"]["wild_type_log_likelihood"]) == 2
     html = report.read_text()
     assert_self_contained(html)
     for div in ("heat-pred-0", "heat-dms-0", "scatter-0", "dist-0"):
@@ -207,6 +208,7 @@ def test_evaluate_errors_are_one_line(tmp_path):
     assert "No such file" in _one_line_error(runner.invoke(app, ["variants", "evaluate", str(missing)]))
     bad = tmp_path / "bad.csv"
     bad.write_text("mutant,score,DMS_score\nM1A,abc,1.0\nK2R,1.0,2.0\n")
-    assert "line 2: score 'abc' is not a number" in _one_line_error(runner.invoke(app, ["variants", "evaluate", str(bad)]))
+    line = _one_line_error(runner.invoke(app, ["variants", "evaluate", str(bad)]))
+    assert "line 2: score 'abc' is not a number" in line
     assert "use a .csv or .json" in _one_line_error(
         runner.invoke(app, ["variants", "evaluate", str(bad), "-o", str(tmp_path / "t.txt")]))

@@ -92,3 +92,9 @@ def test_named_sequences_for_poet_score(tmp_path):
     p = tmp_path / "plain.csv"
     p.write_text("a,MKT\nb,MKA\n")
     assert read_named_sequences(p) is None  # headerless: the caller's own format
+
+
+def test_display_code_names_the_wild_type_WT():
+    from plmserve.bio.mutations import display_code
+
+    assert [display_code(c) for c in ("X0X", "input", "WT", "A1R", "A1R:K2G")] == ["WT", "WT", "WT", "A1R", "A1R:K2G"]

@@ -25,6 +25,12 @@ def is_wild_type_code(code: str) -> bool:
     return code.strip().lower() in WILD_TYPE_ALIASES
 
 
+def display_code(code: str) -> str:
+    """The code as plmserve shows it to users: :data:`WILD_TYPE_CODE` for any wild-type alias
+    (e.g. a stored OpenProtein ``X0X`` row), otherwise ``code`` unchanged."""
+    return WILD_TYPE_CODE if is_wild_type_code(code) else code
+
+
 @dataclass(frozen=True)
 class Substitution:
     """One substitution; ``position`` is 1-based."""

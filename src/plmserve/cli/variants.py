@@ -1,7 +1,7 @@
 """Variant-effect commands: ``plmserve variants score`` and ``plmserve variants evaluate``.
 
     plmserve variants score -m esm2-650m --wt wt.fasta BLAT_ECOLX_Jacquier_2013.csv -o esm2.csv
-    plmserve variants score -m poet --msa BLAT.a3m BLAT_ECOLX_Jacquier_2013.csv -o poet.csv --evaluate --report poet.html
+    plmserve variants score -m poet --msa BLAT.a3m BLAT_ECOLX_Jacquier_2013.csv -o poet.csv --report poet.html
     plmserve variants evaluate esm2.csv poet.csv -o comparison.csv --report comparison.html
 
 ``score`` reads a ProteinGym DMS CSV, a FASTA file or a mutation list, scores every variant with

@@ -58,8 +58,8 @@ class ScoreFile:
         path = Path(path)
         frame, meta = read_scores(path)
         if score_column not in frame.columns:
-            raise InvalidInputError(f"{path}: no column '{score_column}' (columns: {', '.join(map(str, frame.columns))}); "
-                                    "use --score-column")  # fmt: skip
+            columns = ", ".join(map(str, frame.columns))
+            raise InvalidInputError(f"{path}: no column '{score_column}' (columns: {columns}); use --score-column")
         if dms is not None:
             frame = _join_dms(path, frame, Path(dms))
         return cls(path, frame, meta, score_column)

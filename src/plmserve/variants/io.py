@@ -233,7 +233,8 @@ def _from_table(path: Path, table: pd.DataFrame, wt: str | None) -> VariantSet:
             subs_all.append(subs)
         elif has_code and code and is_wild_type_code(code):
             if seq and seq != wt:
-                raise InvalidInputError(f"{where}: the wild-type row's {SEQUENCE_COLUMN} differs from the wild type", item=i)
+                raise InvalidInputError(f"{where}: the wild-type row's {SEQUENCE_COLUMN} differs from the wild type",
+                                        item=i)
             mutants.append(WILD_TYPE_CODE)
             sequences.append(wt)
             subs_all.append([])

@@ -213,8 +213,8 @@ def msa_summary(msa: Any) -> tuple[list[tuple[str, str]], np.ndarray]:
 def _coverage_figure(coverage: np.ndarray, depth: int, div_id: str) -> str:
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Scatter(x=np.arange(1, coverage.size + 1), y=coverage * depth, mode="lines",
-                               fill="tozeroy", hovertemplate="position %{x}<br>%{y:.0f} sequences<extra></extra>"))  # fmt: skip
+    fig = go.Figure(go.Scatter(x=np.arange(1, coverage.size + 1), y=coverage * depth, mode="lines", fill="tozeroy",
+                               hovertemplate="position %{x}<br>%{y:.0f} sequences<extra></extra>"))
     fig.update_layout(title="MSA depth per query position (non-gap rows)", xaxis_title="query position",
                       yaxis_title="sequences")  # fmt: skip
     return _fig_html(fig, div_id, height=320)

@@ -159,7 +159,8 @@ def score_esm3_masked_marginals(model: Any, variants: VariantSet, *, batch: int 
     for i, ch in enumerate(wt):
         tok = C.SEQUENCE_CHAR_TO_ID.get(ch)
         if tok is None:
-            raise InvalidInputError(f"wild type: invalid character '{ch}' at position {i + 1}", position=i + 1, character=ch)
+            raise InvalidInputError(f"wild type: invalid character '{ch}' at position {i + 1}", position=i + 1,
+                                    character=ch)
         ids.append(tok)
     sites = _unique_sites(variants)
     for pos, _, mt in sites:
