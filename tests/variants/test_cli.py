@@ -212,3 +212,33 @@ def test_evaluate_errors_are_one_line(tmp_path):
     assert "line 2: score 'abc' is not a number" in line
     assert "use a .csv or .json" in _one_line_error(
         runner.invoke(app, ["variants", "evaluate", str(bad), "-o", str(tmp_path / "t.txt")]))
+
+
+def test_registry_loading_model_dir_and_dummy_weights(tmp_path):
+    """Without --checkpoint the weights are found as the server finds them (--model-dir); dummy
+    weights are flagged in the sidecar and the report."""
+    from tests.api._esm2_tiny import make_tiny_esm2_dir
+
+    from plmserve.models.esm2.engine import ESM2Engine
+
+    models = tmp_path / "models"
+    make_tiny_esm2_dir(models, "esm2-8m")
+    wt = read_variants(JACQUIER).wild_type
+    (tmp_path / "wt.fasta").write_text(f">wt\n{wt}\n")
+    (tmp_path / "m.txt").write_text("H24Y\nH24Y:V29A\n")
+    out = tmp_path / "o.csv"
+    _ok(runner.invoke(app, ["variants", "score", "-m", "esm2-8m", "--model-dir", str(models), "--wt",
+                            str(tmp_path / "wt.fasta"), str(tmp_path / "m.txt"), "-o", str(out)]))  # fmt: skip
+    engine = ESM2Engine.from_pretrained(str(models / "esm2-8m"), device="cpu")
+    singles = engine.score_mutants(wt, ["H24Y", "V29A"])
+    np.testing.assert_allclose(pd.read_csv(out)["score"], [singles[0], singles.sum()], atol=1e-5)
+    assert json.loads((tmp_path / "o.csv.json").read_text())["model"]["source"] == str(models / "esm2-8m")
+
+    report = tmp_path / "d.html"
+    r = _ok(runner.invoke(app, ["variants", "score", "-m", "esm2-8m", "--load-format", "dummy", "--wt",
+                                str(tmp_path / "wt.fasta"), str(tmp_path / "m.txt"), "-o", str(out),
+                                "--report", str(report)]))  # fmt: skip
+    assert "RANDOM weights" in r.output
+    meta = json.loads((tmp_path / "o.csv.json").read_text())
+    assert meta["model"]["random_weights"] is True and meta["model"]["source"] == "dummy"
+    assert "These scores come from RANDOM weights" in report.read_text()
