@@ -217,9 +217,8 @@ def test_evaluate_errors_are_one_line(tmp_path):
 def test_registry_loading_model_dir_and_dummy_weights(tmp_path):
     """Without --checkpoint the weights are found as the server finds them (--model-dir); dummy
     weights are flagged in the sidecar and the report."""
-    from tests.api._esm2_tiny import make_tiny_esm2_dir
-
     from plmserve.models.esm2.engine import ESM2Engine
+    from tests.api._esm2_tiny import make_tiny_esm2_dir
 
     models = tmp_path / "models"
     make_tiny_esm2_dir(models, "esm2-8m")
