@@ -150,6 +150,8 @@ def test_evaluate_several_files_table_and_dms_join(small_dms, tmp_path):
     assert "esm2-8m" in r.output and "esm3-open-2024-03" in r.output
     t = pd.read_csv(table_csv)
     assert t["label"].tolist() == ["esm2-8m", "esm3-open-2024-03"] and t["n"].tolist() == [62, 62]
+    assert t["n_common"].tolist() == [62, 62] and 0.0 in t["Spearman_diff_to_best"].tolist()
+    assert "ΔSpearman vs best" in r.output
     sa, sb = pd.read_csv(a), pd.read_csv(b)
     dms = pd.read_csv(small_dms)
     for row, scores in zip(t.itertuples(), (sa["score"], sb["score"])):
@@ -161,7 +163,7 @@ def test_evaluate_several_files_table_and_dms_join(small_dms, tmp_path):
     assert data[0]["label"] == "esm2-8m" and data[0]["ci_low"] == {} and data[0]["by_depth"]["2"]["n"] == 2
     page = html.read_text()
     assert_self_contained(page)
-    assert 'id="heat-pred-1"' in page and "esm3-open-2024-03" in page
+    assert 'id="heat-pred-1"' in page and "esm3-open-2024-03" in page and "ΔSpearman vs best" in page
 
 
 def test_poet_msa_report_has_msa_depth_and_neff(small_dms, tmp_path):

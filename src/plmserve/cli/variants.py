@@ -180,8 +180,18 @@ def _print_table(evals: list[Any]) -> None:
     table.add_column("n", justify="right")
     for m in METRICS:
         table.add_column(m, justify="right")
+    paired = all(e.paired for e in evals)
+    if paired:
+        table.add_column("ΔSpearman vs best", justify="right")
     for e in evals:
-        table.add_row(e.label, str(e.n), *(_fmt(e.values[m], e.ci_low.get(m), e.ci_high.get(m)) for m in METRICS))
+        cells = [_fmt(e.values[m], e.ci_low.get(m), e.ci_high.get(m)) for m in METRICS]
+        if paired:
+            cells.append(_fmt(e.paired["difference"], e.paired["ci_low"], e.paired["ci_high"]))
+        table.add_row(e.label, str(e.n), *cells)
+    if paired:
+        p = evals[0].paired
+        table.caption = (f"ΔSpearman: minus {p['reference']}'s, paired bootstrap on the {p['n_common']} variants "
+                         "every file scored")
     from rich.console import Console
 
     out = Console()

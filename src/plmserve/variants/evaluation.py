@@ -74,6 +74,10 @@ class ScoreFile:
         Raises:
             InvalidInputError: a non-numeric score or DMS value (names the file and line).
         """
+        return self.evaluable()[1:]
+
+    def evaluable(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(mutants, y, s, b, depth)``: :meth:`arrays` with the rows' ``mutant`` codes."""
         f = self.frame
         y = _numeric(f[DMS_SCORE], self.path, DMS_SCORE)
         s = _numeric(f[self.score_column], self.path, self.score_column)
@@ -83,9 +87,11 @@ class ScoreFile:
             bins = _numeric(f[DMS_BIN], self.path, DMS_BIN)
             keep &= ~np.isnan(bins)
             b = bins[keep].astype(int)
-        depth = np.array([mutation_depth(str(m)) for m in f[MUTANT_COLUMN]]) if MUTANT_COLUMN in f.columns \
+        codes = f[MUTANT_COLUMN].astype(str).to_numpy() if MUTANT_COLUMN in f.columns \
+            else np.array([f"row-{i + 1}" for i in range(len(f))])
+        depth = np.array([mutation_depth(c) for c in codes]) if MUTANT_COLUMN in f.columns \
             else np.ones(len(f), dtype=int)
-        return y[keep], s[keep], b, depth[keep]
+        return codes[keep], y[keep], s[keep], b, depth[keep]
 
 
 def mutation_depth(code: str) -> int:
@@ -132,6 +138,7 @@ def evaluate_files(files: list[ScoreFile], *, bootstrap: int = 1000, seed: int =
             evaluable rows.
     """
     seen: dict[str, int] = {}
+    evaluated: list[ScoreFile] = []
     for f in files:
         seen[f.label] = seen.get(f.label, 0) + 1
     out = []
@@ -146,7 +153,46 @@ def evaluate_files(files: list[ScoreFile], *, bootstrap: int = 1000, seed: int =
         if y.size < 2:
             raise InvalidInputError(f"{f.path}: fewer than 2 rows with both {DMS_SCORE} and a score")
         out.append(evaluate(y, s, b, label=label, depths=depth, bootstrap=bootstrap, seed=seed))
+        evaluated.append(f)
+    if len(out) > 1 and bootstrap > 0:
+        paired_spearman(evaluated, out, bootstrap=bootstrap, seed=seed)
     return out
+
+
+def paired_spearman(files: list[ScoreFile], evals: list[Evaluation], *, bootstrap: int = 1000, seed: int = 0,
+                    confidence: float = 0.95) -> None:
+    """Fill ``Evaluation.paired``: each model's Spearman minus the best model's, on the variants
+    every file scored (matched by ``mutant``; duplicates averaged), with a paired bootstrap (the
+    same resampled variants for every model) giving a percentile interval of the difference. An
+    interval excluding 0 means the ranking of the two models is not a resampling accident.
+    Nothing is filled when fewer than 10 variants are shared."""
+    from .metrics import spearman
+
+    series = []
+    for f in files:
+        mutants, y, s, _, _ = f.evaluable()
+        series.append(pd.DataFrame({"y": y, "s": s}, index=mutants).groupby(level=0).mean())
+    common = series[0].index
+    for t in series[1:]:
+        common = common.intersection(t.index)
+    if len(common) < 10:
+        return
+    common = common.sort_values()
+    y = series[0].loc[common, "y"].to_numpy()
+    scores = np.stack([t.loc[common, "s"].to_numpy() for t in series])  # [models, n]
+    point = np.array([spearman(y, s) for s in scores])
+    best = int(np.nanargmax(point))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty((bootstrap, len(series)))
+    for r in range(bootstrap):
+        idx = rng.integers(0, y.size, y.size)
+        rho = np.array([spearman(y[idx], s[idx]) for s in scores])
+        diffs[r] = rho - rho[best]
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(diffs, alpha, axis=0), np.nanquantile(diffs, 1 - alpha, axis=0)
+    for k, e in enumerate(evals):
+        e.paired = {"metric": "Spearman", "reference": evals[best].label, "n_common": int(y.size),
+                    "difference": float(point[k] - point[best]), "ci_low": float(low[k]), "ci_high": float(high[k])}
 
 
 def table_frame(evals: list[Evaluation]) -> pd.DataFrame:
@@ -159,6 +205,12 @@ def table_frame(evals: list[Evaluation]) -> pd.DataFrame:
             row[f"{m}_ci_low"] = e.ci_low.get(m, math.nan)
             row[f"{m}_ci_high"] = e.ci_high.get(m, math.nan)
             row[f"{m}_se"] = e.se.get(m, math.nan)
+        if e.paired:
+            row["Spearman_diff_to_best"] = e.paired["difference"]
+            row["Spearman_diff_ci_low"] = e.paired["ci_low"]
+            row["Spearman_diff_ci_high"] = e.paired["ci_high"]
+            row["diff_reference"] = e.paired["reference"]
+            row["n_common"] = e.paired["n_common"]
         row["bootstrap"] = e.bootstrap
         row["seed"] = e.seed
         rows.append(row)

@@ -128,6 +128,9 @@ class Evaluation:
         se: metric -> bootstrap standard error (ddof 1).
         by_depth: ``"1"``, ``"2"``, ..., ``"5+"`` -> (n, metric -> value), for multi-mutant assays.
         bootstrap: replicates drawn; seed: their seed; confidence: interval level.
+        paired: in a comparison of several files, the paired bootstrap of the Spearman difference
+            to the best model on the variants all files share (``reference``, ``n_common``,
+            ``difference``, ``ci_low``, ``ci_high``); empty otherwise.
     """
 
     label: str
@@ -140,6 +143,7 @@ class Evaluation:
     bootstrap: int = 0
     seed: int | None = None
     confidence: float = 0.95
+    paired: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None)."""
@@ -150,7 +154,8 @@ class Evaluation:
         return {"label": self.label, "n": self.n, "metrics": clean(self.values), "ci_low": clean(self.ci_low),
                 "ci_high": clean(self.ci_high), "bootstrap_se": clean(self.se),
                 "by_depth": {k: {"n": v["n"], "metrics": clean(v["metrics"])} for k, v in self.by_depth.items()},
-                "bootstrap": self.bootstrap, "seed": self.seed, "confidence": self.confidence}  # fmt: skip
+                "bootstrap": self.bootstrap, "seed": self.seed, "confidence": self.confidence,
+                "spearman_difference_to_best": self.paired or None}  # fmt: skip
 
 
 def evaluate(y: np.ndarray, s: np.ndarray, b: np.ndarray | None = None, *, label: str = "score",

@@ -60,11 +60,18 @@ type ({{ wt_code }} = 0). Metrics follow ProteinGym's zero-shot protocol (Spearm
 {% if evaluations %}
 <h2 id="metrics">Metrics</h2>
 <table class="metrics">
-<thead><tr><th>model / file</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>
+<thead><tr><th>model / file</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}
+{% if paired %}<th>ΔSpearman vs best</th>{% endif %}</tr></thead>
 <tbody>
-{% for e in evaluations %}<tr><td>{{ e.label }}</td><td>{{ e.n }}</td>{% for m in metrics %}<td>{{ e.cells[m].value }}{% if e.cells[m].ci %}<br><span class="ci">{{ e.cells[m].ci }}</span>{% endif %}</td>{% endfor %}</tr>
+{% for e in evaluations %}<tr><td>{{ e.label }}</td><td>{{ e.n }}</td>
+{% for m in metrics %}<td>{{ e.cells[m].value }}{% if e.cells[m].ci %}<br><span class="ci">{{ e.cells[m].ci }}</span>
+{% endif %}</td>{% endfor %}
+{% if paired %}<td>{{ e.diff.value }}<br><span class="ci">{{ e.diff.ci }}</span></td>{% endif %}</tr>
 {% endfor %}</tbody>
 </table>
+{% if paired %}<p class="ci">ΔSpearman: each model's Spearman minus {{ paired.reference }}'s on the
+{{ paired.n_common }} variants every file scored, with a paired bootstrap interval (the same resampled
+variants for every model).</p>{% endif %}
 {% if evaluations[0].bootstrap %}<p class="ci">Intervals: {{ (evaluations[0].confidence * 100) | round | int }} % percentile
 bootstrap over variants, {{ evaluations[0].bootstrap }} replicates, seed {{ evaluations[0].seed }}.</p>{% endif %}
 {% endif %}
@@ -298,7 +305,11 @@ def render_report(files: list[ScoreFile], evaluations: list[Evaluation], *, msa:
             lo, hi = e.ci_low.get(m), e.ci_high.get(m)
             ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None and not math.isnan(lo) else ""
             row["cells"][m] = {"value": _fmt(e.values[m]), "ci": ci}
+        if e.paired:
+            row["diff"] = {"value": _fmt(e.paired["difference"]),
+                           "ci": f"[{_fmt(e.paired['ci_low'])}, {_fmt(e.paired['ci_high'])}]"}
         cells.append(row)
+    paired = evaluations[0].paired if evaluations and all(e.paired for e in evaluations) else None
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(_TEMPLATE)
     return template.render(
@@ -308,6 +319,7 @@ def render_report(files: list[ScoreFile], evaluations: list[Evaluation], *, msa:
         wt_code=WILD_TYPE_CODE,
         metrics=METRICS,
         evaluations=cells,
+        paired=paired,
         sections=sections,
         plotly_js=Markup(plotly.offline.get_plotlyjs()),
     )
