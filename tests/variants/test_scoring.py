@@ -13,7 +13,7 @@ from plmserve.bio.msa import read_msa
 from plmserve.errors import InvalidInputError, InvalidParameterError
 from plmserve.variants.io import VariantSet, read_variants
 from plmserve.variants.scoring import (
-    _esm3_window,
+    residue_window,
     score_esm3_masked_marginals,
     score_masked_marginals,
     score_poet,
@@ -79,6 +79,22 @@ def test_esm2_single_and_additive_multi_mutants(tmp_path):
     assert out.method == "masked_marginals" and out.replicates is None
 
 
+def test_esm2_long_protein_in_windows(tmp_path):
+    engine = esm2_engine()
+    long_wt = (WT * 30)[:engine.max_residues + 80]
+    L = len(long_wt)
+    codes = [f"{long_wt[p - 1]}{p}{'W' if long_wt[p - 1] != 'W' else 'A'}" for p in (3, 600, L - 2)]
+    v = _variants(tmp_path, codes + [":".join(codes)], wt=long_wt)
+    out = score_masked_marginals(engine, v)
+    expected = []
+    for code in codes:
+        start, end = residue_window(L, int(code[1:-1]) - 1, engine.max_residues)
+        shifted = f"{code[0]}{int(code[1:-1]) - start}{code[-1]}"
+        expected.append(float(engine.score_mutants(long_wt[start:end], [shifted])[0]))
+    np.testing.assert_allclose(out.scores, expected + [sum(expected)], atol=1e-5)
+    assert out.settings["windows"] == [[0, engine.max_residues], [L - engine.max_residues, L]]  # 600 and L-2 share one
+
+
 def test_esm_c_family_plugs_in_through_score_mutants(tmp_path):
     """An ESM C engine has ESM2Engine's public methods; the family name selects the same scorer."""
     v = _variants(tmp_path, ["M1A", "Q4E"])
@@ -107,17 +123,17 @@ def test_esm3_masked_marginals_on_the_sequence_track(tmp_path):
     assert score_variants(esm3_model(), "esm3", v).scores == pytest.approx(out.scores)
 
 
-def test_esm3_window_for_long_proteins(tmp_path):
-    assert _esm3_window(500, 10) == (0, 500)
-    assert _esm3_window(2000, 100) == (0, 1022)
-    assert _esm3_window(2000, 1000) == (489, 1511)
-    assert _esm3_window(2000, 1990) == (978, 2000)
+def testresidue_window_for_long_proteins(tmp_path):
+    assert residue_window(500, 10) == (0, 500)
+    assert residue_window(2000, 100) == (0, 1022)
+    assert residue_window(2000, 1000) == (489, 1511)
+    assert residue_window(2000, 1990) == (978, 2000)
     long_wt = (WT * 30)[:1100]
     pos = 1050
     code = f"{long_wt[pos - 1]}{pos}{'W' if long_wt[pos - 1] != 'W' else 'A'}"
     v = _variants(tmp_path, [code], wt=long_wt)
     out = score_esm3_masked_marginals(esm3_model(), v)
-    start, end = _esm3_window(1100, pos - 1)
+    start, end = residue_window(1100, pos - 1)
     assert (start, end) == (78, 1100)
     assert out.scores[0] == pytest.approx(_esm3_reference(long_wt, pos, code[-1], start, end), abs=1e-4)
 

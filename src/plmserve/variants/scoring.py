@@ -86,6 +86,12 @@ def score_masked_marginals(engine: Any, variants: VariantSet, *, batch: int = 51
                            progress: Progress | None = None) -> VariantScores:
     """Additive single-site masked marginals with an ESM-2-like engine (module docstring).
 
+    Proteins longer than the engine's ``max_residues`` (1022 for ESM-2) are scored in windows
+    of that many residues around each position (start = max(0, p − half), moved left at the C
+    terminus), each window encoded with its own BOS/EOS as ProteinGym's ESM3/ESM C path does.
+    (ProteinGym's ESM-2 script slices the token array instead, so its interior windows carry no
+    BOS/EOS; that cannot be expressed through ``score_mutants``.)
+
     Args:
         engine: an object with ``score_mutants(wild_type, codes, method="masked_marginals")``
             returning float64 ``[len(codes)]`` (:class:`plmserve.models.esm2.ESM2Engine`, the ESM C
@@ -101,28 +107,38 @@ def score_masked_marginals(engine: Any, variants: VariantSet, *, batch: int = 51
     """
     _require_substitutions(variants, getattr(engine, "slug", "this model"))
     sites = _unique_sites(variants)
-    codes = [f"{wt}{pos}{mt}" for pos, wt, mt in sites]
-    values: list[float] = []
-    for start in range(0, len(codes), batch):
-        part = codes[start:start + batch]
-        values.extend(np.asarray(engine.score_mutants(variants.wild_type, part, method="masked_marginals"),
-                                 dtype=np.float64).tolist())  # fmt: skip
-        if progress:
-            progress(len(values), len(codes))
-    table = {(pos, mt): v for (pos, _, mt), v in zip(sites, values)}
+    wild_type = variants.wild_type
+    limit = int(getattr(engine, "max_residues", 1022) or 1022)
+    groups: dict[tuple[int, int], list[tuple[int, str, str]]] = {}
+    for site in sites:
+        groups.setdefault(residue_window(len(wild_type), site[0] - 1, limit), []).append(site)
+    table: dict[tuple[int, str], float] = {}
+    done = 0
+    for (start, end), group in groups.items():
+        window = wild_type[start:end]
+        for b in range(0, len(group), batch):
+            part = group[b:b + batch]
+            codes = [f"{w}{pos - start}{mt}" for pos, w, mt in part]
+            values = np.asarray(engine.score_mutants(window, codes, method="masked_marginals"), dtype=np.float64)
+            for (pos, _, mt), value in zip(part, values):
+                table[(pos, mt)] = float(value)
+            done += len(part)
+            if progress:
+                progress(done, len(sites))
     return VariantScores(
         scores=_sum_single_sites(variants, table),
         method="masked_marginals",
         settings={"convention": "sum over substitutions of log p(mt) - log p(wt), each position masked alone on "
                                 "the wild-type background (ProteinGym masked-marginals)",
-                  "single_site_terms": len(codes)},
+                  "single_site_terms": len(sites),
+                  "windows": [[s, e] for s, e in groups] if len(wild_type) > limit else None},
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # ESM3
 # ---------------------------------------------------------------------------------------------
-def _esm3_window(length: int, index: int, window: int = ESM3_WINDOW) -> tuple[int, int]:
+def residue_window(length: int, index: int, window: int = ESM3_WINDOW) -> tuple[int, int]:
     """``[start, end)`` residue window around 0-based ``index`` (ProteinGym evoscale: start =
     max(0, p − 511), end = min(L, start + 1022), moved left at the C-terminal end)."""
     if length <= window:
@@ -171,7 +187,7 @@ def score_esm3_masked_marginals(model: Any, variants: VariantSet, *, batch: int 
     # one masked forward pass per distinct position; group positions that share a window
     groups: dict[tuple[int, int], list[int]] = {}
     for pos in positions:
-        groups.setdefault(_esm3_window(L, pos - 1), []).append(pos)
+        groups.setdefault(residue_window(L, pos - 1), []).append(pos)
     logp: dict[int, np.ndarray] = {}
     done = 0
     for (start, end), poss in groups.items():
