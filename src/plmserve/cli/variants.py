@@ -76,7 +76,7 @@ def score_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap replicates for --evaluate/--report (0 = none)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="explicit weights file/folder"),
     load_format: Optional[str] = typer.Option(None, "--load-format", help="auto | dummy (RANDOM weights)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory [env PLMSERVE_MODEL_DIR]"),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="weights directory (env PLMSERVE_MODEL_DIR)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16"),
 ) -> None:
