@@ -164,6 +164,7 @@ def test_evaluate_several_files_table_and_dms_join(small_dms, tmp_path):
     page = html.read_text()
     assert_self_contained(page)
     assert 'id="heat-pred-1"' in page and "esm3-open-2024-03" in page and "ΔSpearman vs best" in page
+    assert "By mutation depth" in page  # the two double mutants
 
 
 def test_poet_msa_report_has_msa_depth_and_neff(small_dms, tmp_path):

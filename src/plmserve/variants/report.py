@@ -81,6 +81,14 @@ bootstrap over variants, {{ evaluations[0].bootstrap }} replicates, seed {{ eval
 <table class="meta">
 {% for k, v in s.meta %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>
 {% endfor %}</table>
+{% if s.depth_rows %}
+<h3>By mutation depth</h3>
+<table>
+<thead><tr><th>substitutions</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in s.depth_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</tbody>
+</table>
+<p class="ci">Per depth as ProteinGym: metrics recomputed on each subset, MCC with the full-assay median threshold.</p>
+{% endif %}
 {% for fig in s.figures %}<div class="figure">{{ fig | safe }}</div>
 {% endfor %}
 {% if s.prompt_rows %}
@@ -253,7 +261,9 @@ def _section(i: int, f: ScoreFile, ev: Evaluation | None, msa: Any, prompts: Any
     figures.append(_distributions(f.frame, f.score_column, f"dist-{i}"))
     section: dict[str, Any] = {"anchor": f"file-{i}", "label": f.label, "meta": rows, "figures": figures,
                                "dummy": bool(model.get("random_weights")), "prompt_rows": [], "prompt_header": [],
-                               "msa": None, "msa_figures": []}  # fmt: skip
+                               "msa": None, "msa_figures": [],
+                               "depth_rows": [[d, str(v["n"]), *(_fmt(v["metrics"][m]) for m in METRICS)]
+                                              for d, v in (ev.by_depth.items() if ev else [])]}  # fmt: skip
     sizes = settings.get("prompt_sizes") or []
     if sizes:
         wt_ll = settings.get("wild_type_log_likelihood") or []
