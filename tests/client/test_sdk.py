@@ -80,7 +80,7 @@ def test_poet_workflow_typed_results(session):
 
     ssp = poet.single_site(prompt, b"MKT").wait()
     assert [type(r) for r in ssp] == [pc.PoetSSPResult] * (1 + 19 * 3)
-    assert ssp[0].sequence == b"input" and ssp[1].sequence == b"M1A" and ssp[-1].sequence == b"T3V"
+    assert ssp[0].sequence == b"WT" and ssp[1].sequence == b"M1A" and ssp[-1].sequence == b"T3V"
 
     gen = poet.generate(prompt, num_samples=4, seed=9, topk=10, topp=0.9, temperature=0.7)
     assert isinstance(gen, pc.PoetGenerateFuture)

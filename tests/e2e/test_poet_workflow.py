@@ -137,11 +137,11 @@ def run_flow(tmp_path, database_url, search_db, blat, jacquier, *, single_site_l
 
         ssp_rows = ssp.wait(timeout=1500)
         assert len(ssp_rows) == 1 + 19 * len(scan)
-        assert ssp_rows[0].sequence == b"input"
+        assert ssp_rows[0].sequence == b"WT"
         assert ssp_rows[1].sequence == b"M1A" and ssp_rows[-1].sequence == f"{scan[-1]}{len(scan)}V".encode()
         by_code = {r.sequence.decode(): r.score for r in ssp_rows}
         wt_score = reference_engine().score(replicates, [scan] if single_site_len else [wt])[:, 0]
-        np.testing.assert_allclose(by_code["input"], wt_score, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(by_code["WT"], wt_score, rtol=1e-5, atol=1e-4)
         if single_site_len is None:  # the scan's mutant rows equal the score job's numbers
             for (code, _), row in zip(jacquier, got):
                 np.testing.assert_allclose(by_code[code], row, rtol=1e-4, atol=1e-3)

@@ -11,6 +11,25 @@ from plmserve.errors import InvalidInputError
 
 _CODE = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
+WILD_TYPE_CODE = "WT"
+"""The code of the wild-type row in every plmserve output (CLI, SDK, non-OpenProtein HTTP).
+The OpenProtein-compatible routes keep their contract's ``X0X`` (``plmserve.jobs.poet.WT_CODE``)."""
+
+WILD_TYPE_ALIASES = frozenset({"wt", "wildtype", "wild_type", "wild-type", "_wt", "x0x", "input"})
+"""Spellings read as the wild type in input files (case-insensitive), e.g. OpenProtein's ``X0X``
+and the official SDK's ``input``."""
+
+
+def is_wild_type_code(code: str) -> bool:
+    """True when ``code`` names the wild type (``WT``, ``X0X``, ``input``, ... any case)."""
+    return code.strip().lower() in WILD_TYPE_ALIASES
+
+
+def display_code(code: str) -> str:
+    """The code as plmserve shows it to users: :data:`WILD_TYPE_CODE` for any wild-type alias
+    (e.g. a stored OpenProtein ``X0X`` row), otherwise ``code`` unchanged."""
+    return WILD_TYPE_CODE if is_wild_type_code(code) else code
+
 
 @dataclass(frozen=True)
 class Substitution:

@@ -66,7 +66,7 @@ def version() -> None:
     print(__version__)
 
 
-_MODULES = ("serve", "esm2", "models", "align", "poet", "esm3", "jobs", "doctor")
+_MODULES = ("serve", "esm2", "models", "align", "poet", "esm3", "jobs", "doctor", "variants")
 for _name in _MODULES:
     try:
         _mod = importlib.import_module(f"plmserve.cli.{_name}")

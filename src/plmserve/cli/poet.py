@@ -126,13 +126,20 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def read_sequences(path: Path) -> list[tuple[str, str]]:
-    """Variants from FASTA, or headerless CSV/plain text (``sequence`` or ``name,sequence`` per
-    line). Unnamed sequences get ``sequence-<i>``, zero-padded to the width of the count.
+    """Variants from FASTA, a CSV with a header holding ``mutated_sequence`` (a ProteinGym DMS
+    file: names from ``mutant``; :func:`plmserve.variants.io.read_named_sequences`), or headerless
+    CSV/plain text (``sequence`` or ``name,sequence`` per line). Unnamed sequences get
+    ``sequence-<i>``, zero-padded to the width of the count.
 
     Raises:
         InvalidInputError: no sequences, or a CSV line with more than two fields (names the line).
     """
     from plmserve.bio.fasta import parse_fasta
+    from plmserve.variants.io import read_named_sequences
+
+    named = read_named_sequences(path)
+    if named is not None:
+        return named
 
     text = path.read_text()
     if text.lstrip().startswith(">"):
@@ -312,7 +319,8 @@ _METHOD = typer.Option(None, "--method", help="MSA sampling method")
 _MAX_SIMILARITY = typer.Option(1.0, "--max-similarity")
 _INCLUDE_SEED = typer.Option(False, "--include-seed/--no-include-seed", help="always put the MSA query in the prompt")
 _HOMOLOGY_LEVEL = typer.Option(0.8, "--homology-level")
-_VARIANTS = typer.Option(..., "--variants", help="sequences to score: FASTA or 'name,sequence' CSV")
+_VARIANTS = typer.Option(..., "--variants", help="sequences to score: FASTA, 'name,sequence' CSV or a DMS CSV "
+                                               "(mutant,mutated_sequence,...)")
 
 
 @poet_app.command("score")

@@ -7,12 +7,14 @@ Same methods, futures and client-side checks as ``openprotein.api.poet`` 0.2 (th
     msa = session.poet.create_msa(b"MSIQHFRVALIPFFAAFCLPVFA...")
     prompt = msa.sample_prompt(num_ensemble_prompts=3, random_seed=42)
     scores = session.poet.score(prompt, [b"MSIQ...", b"MSIA..."]).wait()   # List[PoetScoreResult]
-    ssp = session.poet.single_site(prompt, b"MSIQ...").wait()              # WT row first (b"input")
+    ssp = session.poet.single_site(prompt, b"MSIQ...").wait()              # WT row first (b"WT")
     gen = session.poet.generate(prompt, num_samples=5, seed=7).wait()
 
-Differences from SDK 0.2, all in the direction of raising instead of printing or returning
-partial data: HTTP errors raise :class:`APIError` (also 400s), failed jobs raise
-:class:`JobFailedException`, and ``PoetGenerateFuture.stream`` raises on malformed rows.
+Differences from SDK 0.2: the wild-type row of a single-site result is ``b"WT"``, the name
+plmserve uses everywhere (CLI, SDK, reports; SDK 0.2 shows ``b"input"`` for the server's
+``X0X``); and errors raise instead of printing or returning partial data: HTTP errors raise
+:class:`APIError` (also 400s), failed jobs raise :class:`JobFailedException`, and
+``PoetGenerateFuture.stream`` raises on malformed rows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import BinaryIO, Iterator, List, Optional, Union
 
 from pydantic import BaseModel, field_validator
 
+from plmserve.bio.mutations import WILD_TYPE_CODE
 from plmserve.client.base import APISession
 from plmserve.client.errors import (
     APIError,
@@ -68,13 +71,14 @@ class PoetScoreResult(BaseModel):
 
 class PoetSSPResult(PoetScoreResult):
     """One single-site row: ``sequence`` is the mutation code (``b"A1R"``); the wild-type row
-    (server code ``X0X``) becomes ``b"input"`` as in SDK 0.2."""
+    (``X0X`` on the OpenProtein wire) is ``b"WT"``
+    (:data:`plmserve.bio.mutations.WILD_TYPE_CODE`, the name used by every plmserve output)."""
 
     @field_validator("sequence", mode="before")
     @classmethod
     def _rename_wt(cls, value):
         if "X0X" in (value.decode() if isinstance(value, bytes) else str(value)):
-            return b"input"
+            return WILD_TYPE_CODE.encode()
         return value
 
 
@@ -276,7 +280,7 @@ class PoetScoreFuture(_PagedFuture):
 
 
 class PoetSingleSiteFuture(_PagedFuture):
-    """A single-site job; ``get()`` -> ``List[PoetSSPResult]`` (WT row ``b"input"`` first, then
+    """A single-site job; ``get()`` -> ``List[PoetSSPResult]`` (WT row ``b"WT"`` first, then
     ``A1R, A1N, ...``)."""
 
     _path = "v1/poet/single_site"

@@ -111,7 +111,7 @@ class RemoteEngine:
         future = self.session.poet.single_site(prompt_id, sequence)
         self._wait(future, progress)
         many = _is_list_of_lists(prompt)
-        rows = [("WT" if r.sequence == b"input" else r.sequence.decode(),
+        rows = [(r.sequence.decode(),  # the SDK already names the wild-type row WT
                  np.array(r.score) if many else float(r.score[0])) for r in future.get()]
         if positions is None:
             return rows
