@@ -53,8 +53,9 @@ def esm2_expected():
 
 
 @pytest.fixture(scope="module")
-def client(model_dir):
-    settings = Settings(api_keys=[KEY], model_dir=model_dir, device="cpu", max_decompressed_body_bytes=LIMIT)
+def client(model_dir, tmp_path_factory):
+    settings = Settings(api_keys=[KEY], model_dir=model_dir, device="cpu", max_decompressed_body_bytes=LIMIT,
+                        data_dir=tmp_path_factory.mktemp("data"))
     with TestClient(create_app(settings, ModelManager(settings))) as c:
         yield c
 

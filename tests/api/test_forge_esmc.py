@@ -25,8 +25,8 @@ NULL_TRACKS = {"secondary_structure": None, "sasa": None, "coordinates": None}
 
 
 @pytest.fixture(scope="module")
-def client():
-    settings = Settings(api_keys=["test-key"], device="cpu")
+def client(tmp_path_factory):
+    settings = Settings(api_keys=["test-key"], device="cpu", data_dir=tmp_path_factory.mktemp("data"))
     models = ModelManager(settings)
     models.put("esmc-300m", engine("official"))
     models.put("esm3-open-2024-03", load_fixture_model())
