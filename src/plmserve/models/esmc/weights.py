@@ -290,3 +290,39 @@ def locate_weights(spec: "ModelSpec", settings: Any, *, explicit: str | os.PathL
         f"then set PLMSERVE_MODEL_DIR=<dir>; or put {names[0] if names else 'the .pth'} in PLMSERVE_MODEL_DIR; "
         "or start with --load-format dummy for random weights (smoke tests only)."
     )
+
+
+def hf_to_official(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """The inverse of :func:`official_to_hf`: an ``EsmcForMaskedLM`` state dict -> the official
+    ``esm`` 3.2.1 ``ESMC`` keys (q|k|v and gate|up rows concatenated). Used to hand the same
+    weights to the official package (benchmarks, cross-checks).
+
+    Raises:
+        ModelLoadError: a missing key.
+    """
+    import torch
+
+    def get(key: str) -> torch.Tensor:
+        if key not in state:
+            raise ModelLoadError(f"transformers ESM C state dict lacks '{key}'")
+        return state[key].detach().contiguous()
+
+    n = len({k.split(".")[2] for k in state if k.startswith("esmc.layers.")})
+    out = {"embed.weight": get("esmc.embed_tokens.weight")}
+    for i in range(n):
+        s, t = f"esmc.layers.{i}.", f"transformer.blocks.{i}."
+        out[t + "attn.layernorm_qkv.0.weight"] = get(s + "input_layernorm.weight")
+        out[t + "attn.layernorm_qkv.0.bias"] = get(s + "input_layernorm.bias")
+        out[t + "attn.layernorm_qkv.1.weight"] = torch.cat([get(s + f"self_attn.{p}_proj.weight") for p in "qkv"])
+        out[t + "attn.out_proj.weight"] = get(s + "self_attn.o_proj.weight")
+        out[t + "attn.q_ln.weight"] = get(s + "self_attn.q_norm.weight")
+        out[t + "attn.k_ln.weight"] = get(s + "self_attn.k_norm.weight")
+        out[t + "ffn.0.weight"] = get(s + "post_attention_layernorm.weight")
+        out[t + "ffn.0.bias"] = get(s + "post_attention_layernorm.bias")
+        out[t + "ffn.1.weight"] = torch.cat([get(s + "mlp.gate_proj.weight"), get(s + "mlp.up_proj.weight")])
+        out[t + "ffn.3.weight"] = get(s + "mlp.down_proj.weight")
+    out["transformer.norm.weight"] = get("esmc.norm.weight")
+    for src, dst in (("0", "dense"), ("2", "layer_norm"), ("3", "decoder")):
+        out[f"sequence_head.{src}.weight"] = get(f"lm_head.{dst}.weight")
+        out[f"sequence_head.{src}.bias"] = get(f"lm_head.{dst}.bias")
+    return out
