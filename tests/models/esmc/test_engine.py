@@ -179,3 +179,12 @@ def test_registry_and_manager_load(tmp_path):
 
     with pytest.raises(WeightsNotFoundError, match="esmc_600m_2024_12_v0.pth"):
         ModelManager(Settings(model_dir=tmp_path, offline=True)).get("esmc-600m")
+
+
+def test_hf_to_official_is_the_inverse_mapping():
+    from plmserve.models.esmc.weights import hf_to_official, official_to_hf
+
+    state = torch.load(fixture_path("model.pth"), weights_only=True)
+    _, hf = official_to_hf(state, n_heads=4)
+    back = hf_to_official(hf)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
