@@ -68,3 +68,15 @@ def test_score_variants_and_predict(model_dir, tmp_path):
     assert row["alphabet_tokens"] == list("ACDEFGHIKLMNPQRSTVWY") and np.shape(row["logits"]) == (8, 20)
     r = runner.invoke(app, ["encode", "-s", "MKT", "-m", "poet", "-o", str(tmp_path / "y.npz")])
     assert r.exit_code != 0 and "esmc-300m" in r.output
+
+
+def test_models_convert_official_pth(tmp_path):
+    dst = tmp_path / "weights" / "esmc-300m"
+    r = runner.invoke(app, ["models", "convert", str(fixture_path("model.pth")), str(dst), "--family", "esmc"])
+    assert r.exit_code == 0, r.output
+    assert (dst / "config.json").is_file() and (dst / "model.safetensors").is_file()
+    out = tmp_path / "e.npz"
+    r = runner.invoke(app, ["encode", "-s", inputs()["sequences"][5], "-m", "esmc-300m", "--model-dir",
+                            str(tmp_path / "weights"), "-o", str(out), "--include", "logits"])
+    assert r.exit_code == 0, r.output
+    assert close(np.load(out)["logits/0"], expected()["sequence_logits_5"][1:-1][:, CANONICAL_IDS])
