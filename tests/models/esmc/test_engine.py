@@ -188,3 +188,17 @@ def test_hf_to_official_is_the_inverse_mapping():
     _, hf = official_to_hf(state, n_heads=4)
     back = hf_to_official(hf)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_bfloat16_path_runs_and_stays_close():
+    """The CUDA default dtype (bf16), exercised on the CPU: dtypes stay consistent through the
+    forward (rotary, q/k norms, masks) and results are float32, close to the fp32 fixture."""
+    from plmserve.models.esmc.engine import ESMCEngine
+
+    eng = ESMCEngine.from_official(fixture_path("model.pth"), device="cpu", dtype="bfloat16")
+    toks = inputs()["token_ids"]
+    out = eng.forward_tokens(toks, logits=True, embeddings=True, hidden_states="hf")
+    for i, o in enumerate(out):
+        assert o["logits"].dtype == np.float32
+        assert np.abs(o["logits"] - expected()[f"sequence_logits_{i}"]).max() < 0.5
+    assert np.isfinite(eng.log_prob(["MKTAYIAK"], method="pll")[0])
