@@ -154,6 +154,9 @@ def main() -> None:
         dt, m = ours(chunk)
         t_ours += dt
         our_means.append(m)
+        done = k + len(chunk)
+        print(f"{done}/{len(seqs)} sequences: plmserve {t_ours:.1f} s, reference {t_ref:.1f} s", file=sys.stderr,
+              flush=True)
     worker.stdin.close()
     worker.wait(60)
     residues = sum(len(s) for s in seqs)
