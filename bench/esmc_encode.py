@@ -11,9 +11,10 @@ Reference: ``esm==3.2.1.post1`` (EvolutionaryScale) in its own virtual environme
 (``.ci/sdk_venvs.sh``; interpreter from ``--esm-python`` / ``$PLMSERVE_ESM_SDK_PYTHON``), run in a
 worker process that keeps the model loaded, through the package's documented path, one protein at a
 time: ``model.logits(model.encode(ESMProtein(sequence=s)), LogitsConfig(sequence=True,
-return_embeddings=True))``. plmserve: ``engine.forward_tokens(tokens, logits=False,
-embeddings=True)`` on the whole chunk (length-sorted token-budget batches). Both produce the
-final-LayerNorm embeddings; the result compared is the per-sequence mean over residues.
+return_embeddings=True))`` (``--reference-mode batched``: the package's private
+``_BatchedESMProteinTensor`` with the same length-sorted batches as plmserve). plmserve:
+``engine.forward_tokens(tokens, logits=False, embeddings=True)`` on the whole chunk (length-sorted
+token-budget batches). Both produce the final-LayerNorm embeddings; the result compared is the per-sequence mean over residues.
 
 To be fair on a shared machine the two alternate over chunks of ``--chunk`` sequences (reference,
 then plmserve, chunk after chunk) with the same number of torch threads; each side's time is the
@@ -61,13 +62,40 @@ model = ESMC(d_model=d, n_heads=h, n_layers=n, tokenizer=EsmSequenceTokenizer(),
 model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
 cfg = LogitsConfig(sequence=True, return_embeddings=True)
 print(json.dumps({"ready": True, "esm": __import__("esm").__version__}), flush=True)
+mode, budget = sys.argv[6], int(sys.argv[7])
+from esm.utils.sampling import _BatchedESMProteinTensor
+
+
+def batches(lengths):
+    """Length-sorted groups whose padded token count n x max(T) stays within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, cur, cur_max = [], [], 0
+    for i in order:
+        t = lengths[i] + 2
+        if cur and (len(cur) + 1) * max(cur_max, t) > budget:
+            out.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, t)
+    return out + ([cur] if cur else [])
+
+
 for line in sys.stdin:
     req = json.loads(line)
+    seqs = req["seqs"]
     t0 = time.perf_counter()
-    means = []
-    for s in req["seqs"]:
-        out = model.logits(model.encode(ESMProtein(sequence=s)), cfg)
-        means.append(out.embeddings[0, 1:-1].float().mean(0))
+    if mode == "batched":
+        means = [None] * len(seqs)
+        for group in batches([len(s) for s in seqs]):
+            toks = model._tokenize([seqs[i] for i in group])
+            emb = model.logits(_BatchedESMProteinTensor(sequence=toks), cfg).embeddings
+            for row, i in enumerate(group):
+                means[i] = emb[row, 1:len(seqs[i]) + 1].float().mean(0)
+    else:
+        means = []
+        for s in seqs:
+            out = model.logits(model.encode(ESMProtein(sequence=s)), cfg)
+            means.append(out.embeddings[0, 1:-1].float().mean(0))
     dt = time.perf_counter() - t0
     np.save(req["out"], torch.stack(means).numpy())
     print(json.dumps({"seconds": dt}), flush=True)
@@ -111,6 +139,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--toks-per-batch", type=int, default=4096)
+    ap.add_argument("--reference-mode", choices=("per-protein", "batched"), default="per-protein",
+                    help="per-protein: the package's public ESMC.encode + ESMC.logits, one protein at a time; "
+                    "batched: its private _BatchedESMProteinTensor with plmserve's length-sorted batches")
     ap.add_argument("--esm-python", default=os.environ.get("PLMSERVE_ESM_SDK_PYTHON", "/tmp/plmserve-sdk/esm/bin/python"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +158,7 @@ def main() -> None:
         raise SystemExit(f"the official esm package's interpreter {args.esm_python} is missing: run "
                          "`source .ci/sdk_venvs.sh` (or pass --esm-python)")
     worker = subprocess.Popen([args.esm_python, "-c", WORKER, str(args.dim), str(args.heads), str(args.layers),
-                               str(pth), str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               str(pth), str(args.threads), args.reference_mode, str(args.toks_per_batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))  # fmt: skip
     ready = json.loads(worker.stdout.readline())
 
@@ -171,7 +202,7 @@ def main() -> None:
         "n_sequences": len(seqs),
         "residues": residues,
         "threads": args.threads,
-        "reference": f"esm=={ready.get('esm')} ESMC.logits per protein (return_embeddings), own venv",
+        "reference": f"esm=={ready.get('esm')} ESMC.logits (return_embeddings), {args.reference_mode}, own venv",
         "plmserve": f"ESMCEngine.forward_tokens, toks_per_batch={args.toks_per_batch}",
     }))
     for f in tmp.iterdir():
