@@ -22,7 +22,7 @@ from plmserve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CONTRACTS = ("biolm", "biolm_v3", "forge", "forge_protein", "openprotein")
+CONTRACTS = ("biolm", "forge", "openprotein")
 
 
 def create_app(settings: Settings | None = None, models: ModelManager | None = None) -> FastAPI:

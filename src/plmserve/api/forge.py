@@ -311,3 +311,6 @@ def include(app: FastAPI) -> None:
 
     app.state.shutdown.append(_close_engines)
     app.include_router(router)
+    from plmserve.api import forge_protein
+
+    forge_protein.include(app)  # /api/v1/encode, decode, generate (ESMProtein, ESM C; issue 10)
