@@ -132,6 +132,7 @@ class ESMCEngine:
         self.source = source
         self.toks_per_batch = max(int(toks_per_batch), 1024)
         self.residual_scale = math.sqrt(self.num_layers / 36)
+        self._inv_scale = 1.0 / self.residual_scale
         self._lock = threading.Lock()
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fuse()
@@ -287,9 +288,10 @@ class ESMCEngine:
         k = k * cos + _rotate_half(k) * sin
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         o = o.transpose(1, 2).reshape(b, t, d)
-        x = x + att.o_proj(o) / self.residual_scale
+        x = torch.add(x, att.o_proj(o), alpha=self._inv_scale)  # x + update / s, one fused op
         gate, up = F.linear(layer.post_attention_layernorm(x), self._gate_up[i]).chunk(2, dim=-1)
-        return x + layer.mlp.down_proj(F.silu(gate) * up) / self.residual_scale
+        h = F.silu(gate).mul_(up)
+        return torch.add(x, layer.mlp.down_proj(h), alpha=self._inv_scale)
 
     def _forward(self, tokens: torch.Tensor, *, blocks: Sequence[int] = (), final: bool = False,
                  logits: bool = False, embedding_output: bool = False) -> dict[str, Any]:
