@@ -16,7 +16,7 @@ from plmserve.api.app import create_app
 from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
 from tests.models.esm3.test_generate_fixtures import load_fixture_model
-from tests.models.esmc._fixture import HIDDEN_ATOL, close, engine, expected, fixture_path, inputs
+from tests.models.esmc._fixture import HIDDEN_ATOL, close, engine, expected, inputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
