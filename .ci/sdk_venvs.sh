@@ -3,6 +3,7 @@
 #   openprotein-python 0.2.x (tests/client/test_official_sdk.py)  -> PLMSERVE_OPENPROTEIN_SDK_PYTHON
 #   openprotein-python 0.17.0 (tests/client/test_official_sdk017.py) -> PLMSERVE_OPENPROTEIN017_SDK_PYTHON
 #   esm 3.2.1.post1 Forge client (tests/api/test_forge_sdk_client.py) -> PLMSERVE_ESM_SDK_PYTHON
+#   biolmai 0.4.0 BioLM v3 client (tests/api/test_biolmai_sdk.py)  -> PLMSERVE_BIOLMAI_SDK_PYTHON
 # Source it: it exports the variables for the venvs that installed.
 SDK_DIR=${PLMSERVE_SDK_DIR:-/tmp/plmserve-sdk}
 mkdir -p "$SDK_DIR"
@@ -29,4 +30,11 @@ if [ ! -x "$SDK_DIR/esm/bin/python" ] || ! "$SDK_DIR/esm/bin/python" -c "import 
 fi
 "$SDK_DIR/esm/bin/python" -c "import esm.sdk.forge" 2>/dev/null \
   && export PLMSERVE_ESM_SDK_PYTHON="$SDK_DIR/esm/bin/python"
+# biolmai 0.4.0 (BioLM /api/v3 client; issue 10): its own venv, its own dependencies
+if [ ! -x "$SDK_DIR/biolmai/bin/python" ] || ! BIOLMAI_THREADS=4 "$SDK_DIR/biolmai/bin/python" -c "import biolmai" 2>/dev/null; then
+  python -m venv "$SDK_DIR/biolmai" && "$SDK_DIR/biolmai/bin/pip" install -q biolmai==0.4.0 \
+    || echo "warning: biolmai SDK could not be installed; its contract test will skip"
+fi
+BIOLMAI_THREADS=4 "$SDK_DIR/biolmai/bin/python" -c "import biolmai" 2>/dev/null \
+  && export PLMSERVE_BIOLMAI_SDK_PYTHON="$SDK_DIR/biolmai/bin/python"
 true

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     # --- ESM3 ---------------------------------------------------------------------
     esm3_batch_window_ms: float = 5.0
 
+    # --- BioLM v3 routes and gzip request bodies (issue 10) ------------------------
+    max_decompressed_body_bytes: int = Field(
+        default=32 * 2**20, description="largest request body accepted after Content-Encoding: gzip decompression"
+    )
+    biolm_v3_max_items: int = Field(default=8, description="items per /api/v3 request (BioLM's batch size)")
+
     # --- align / jobs ---------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None  # default: sqlite:///<data_dir>/plmserve.db

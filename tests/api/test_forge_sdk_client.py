@@ -109,7 +109,7 @@ def test_official_forge_client_round_trip(tmp_path):
         pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
     import uvicorn
 
-    app = create_app(Settings(api_keys=["test-key"]))
+    app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
     app.state.models.put("esm3-open-2024-03", load_fixture_model())
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -145,3 +145,101 @@ def test_official_forge_client_round_trip(tmp_path):
     n = len(RECORDS["b_sequence_cosine_4"]["request"]["inputs"]["sequence"])
     assert got["logits"]["sequence_shape"] == [n, 64]
     assert got["logits"]["embeddings_shape"] == [n, 64]
+
+
+# --- ESM C clients and ESMProtein-level calls (issue 10) ------------------------------------------
+
+ESMC_SCRIPT = r'''
+import json, sys
+import torch
+from esm.sdk.api import ESMProtein, ESMProteinError, GenerationConfig, LogitsConfig
+from esm.sdk.forge import ESM3ForgeInferenceClient, ESMCForgeInferenceClient
+
+url, seqs = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+c = ESMCForgeInferenceClient(model="esmc-300m-2024-12", url=url, token="test-key")
+for i, s in enumerate(seqs):
+    t = c.encode(ESMProtein(sequence=s))
+    assert not isinstance(t, ESMProteinError), t
+    lg = c.logits(t, LogitsConfig(sequence=True, return_embeddings=True, return_hidden_states=True))
+    assert not isinstance(lg, ESMProteinError), lg
+    plain = c.logits(t, LogitsConfig(sequence=True, return_embeddings=True), return_bytes=False)
+    back = c.decode(t)
+    out[f"esmc_{i}"] = {"tokens": t.sequence.tolist(), "logits": lg.logits.sequence.tolist(),
+                        "embeddings": lg.embeddings.tolist(), "hidden_shape": list(lg.hidden_states.shape),
+                        "hidden_1": lg.hidden_states[1].tolist(),
+                        "plain_logits": torch.as_tensor(plain.logits.sequence).tolist(),
+                        "decoded": back.sequence}
+# the 3.2.1 README's way: the ESM3 client with an ESM C model name
+c3 = ESM3ForgeInferenceClient(model="esmc-300m-2024-12", url=url, token="test-key")
+t3 = c3.encode(ESMProtein(sequence=seqs[0]))
+lg3 = c3.logits(t3, LogitsConfig(sequence=True, return_embeddings=True))
+out["esm3_client_esmc"] = {"tokens": t3.sequence.tolist(), "logits": lg3.logits.sequence.tolist()}
+# ESM3: generate from an ESMProtein with a sequence prompt, and a structure prompt that cannot be served
+g = ESM3ForgeInferenceClient(model="esm3-sm-open-v1", url=url, token="test-key")
+prompt = "MKTAYIAK__RQISFVK___FSRQ"
+res = g.generate(ESMProtein(sequence=prompt), GenerationConfig(track="sequence", num_steps=4, temperature=1.0))
+out["generate"] = {"error": [res.error_code, res.error_msg]} if isinstance(res, ESMProteinError) else {
+    "sequence": res.sequence, "coordinates": res.coordinates is None}
+enc = g.encode(ESMProtein(sequence=prompt))
+out["esm3_encode"] = enc.sequence.tolist()
+bad = g.generate(ESMProtein(sequence="MKTA", coordinates=torch.zeros(4, 37, 3)), GenerationConfig(track="sequence", num_steps=2))
+out["structure_prompt"] = [bad.error_code, bad.error_msg] if isinstance(bad, ESMProteinError) else None
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_official_esmc_and_esmprotein_clients(tmp_path):
+    """esm 3.2.1: ESMCForgeInferenceClient encode/logits (bytes and JSON)/decode, the ESM3 client on
+    an ESM C model, and ESM3ForgeInferenceClient.generate/encode on an ESMProtein prompt."""
+    if not _sdk_available():
+        pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
+    import numpy as np
+    import uvicorn
+
+    from tests.models.esmc._fixture import HIDDEN_ATOL, close, engine, expected, inputs
+
+    app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
+    app.state.models.put("esm3-open-2024-03", load_fixture_model())
+    app.state.models.put("esmc-300m", engine("official"))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    seqs = [inputs()["sequences"][0], inputs()["sequences"][4]]  # TEM-1 (286 residues); masks and X
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        script = tmp_path / "esmc_client.py"
+        script.write_text(ESMC_SCRIPT)
+        env = dict(os.environ, DISABLE_ITERATIVE_SAMPLING_TQDM="1")
+        proc = subprocess.run([SDK_PYTHON, str(script), f"http://127.0.0.1:{port}", json.dumps(seqs)],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    exp = expected()
+    for i, fx in enumerate((0, 4)):
+        g = got[f"esmc_{i}"]
+        assert g["tokens"] == inputs()["token_ids"][fx]
+        assert close(np.array(g["logits"]), exp[f"sequence_logits_{fx}"][None])
+        assert close(np.array(g["plain_logits"]), exp[f"sequence_logits_{fx}"][None])
+        assert close(np.array(g["embeddings"]), exp[f"embeddings_{fx}"][None])
+        assert g["hidden_shape"] == [3, 1, len(g["tokens"]), 64]
+        assert close(np.array(g["hidden_1"])[0], exp[f"hidden_states_{fx}"][0], atol=HIDDEN_ATOL)
+    assert got["esmc_0"]["decoded"] == seqs[0]
+    assert got["esmc_1"]["decoded"] == seqs[1].replace("<mask>", "_")
+    assert got["esm3_client_esmc"]["tokens"] == inputs()["token_ids"][0]
+    assert close(np.array(got["esm3_client_esmc"]["logits"]), exp["sequence_logits_0"][None])
+    gen = got["generate"]
+    assert "sequence" in gen, gen
+    assert len(gen["sequence"]) == 24 and "_" not in gen["sequence"] and gen["coordinates"]
+    assert got["esm3_encode"][0] == 0 and got["esm3_encode"][9] == 32
+    code, msg = got["structure_prompt"]
+    assert code == 422 and "structure tokenizer" in msg

@@ -27,7 +27,7 @@ def _rows(output: str) -> dict[str, str]:
     rows = {}
     for line in output.splitlines():
         cells = [c.strip() for c in line.strip("│┃").split("│")]
-        if len(cells) == 4 and cells[0]:
+        if len(cells) >= 4 and cells[0]:
             rows[cells[0]] = line
     return rows
 
@@ -53,6 +53,8 @@ def test_list_shows_every_model_and_where_weights_are(tmp_path):
     for slug in ("esm2-650m", "esm3-open-2024-03"):
         assert "not downloaded" in rows[slug]
     assert "facebook/esm2_t33_650M_UR50D" in rows["esm2-650m"]
+    # licences are shown (ESM C 600M is non-commercial, 300M open)
+    assert "NON-COMMERCIAL" in rows["esmc-600m"] and "Open" in rows["esmc-300m"]
 
 
 def test_pull_offline_is_a_one_line_error():

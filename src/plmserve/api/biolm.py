@@ -397,5 +397,8 @@ for _action, _fn, _model in _ROUTES:
 
 
 def include(app: FastAPI) -> None:
-    """Add the BioLM-compatible ESM-2 routes to ``app``."""
+    """Add the BioLM-compatible ESM-2 routes to ``app``, and BioLM v3 (``api/biolm_v3.py``)."""
+    from plmserve.api import biolm_v3
+
     app.include_router(router)
+    biolm_v3.include(app)  # /api/v3 routes and gzip request bodies on every route (issue 10)

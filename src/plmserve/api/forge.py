@@ -258,7 +258,11 @@ async def logits_endpoint(request: Request, principal: Principal = Depends(requi
     [N, 4096], ``secondary_structure`` [N, 11], ``sasa`` [N, 19], ``function`` [N, 8, 260],
     ``residue_annotation`` [N, 1478]), ``embeddings`` [N, d] (pre-final-norm last hidden state)
     and ``mean_embedding`` [d] (mean over all N positions, BOS/EOS included, as the official
-    code)."""
+    code). ESM C models are answered by :func:`plmserve.api.forge_protein.esmc_logits`."""
+    from plmserve.api.forge_protein import maybe_esmc_logits
+
+    if (esmc := await maybe_esmc_logits(request)) is not None:
+        return esmc
     body: LogitsRequest = await _parse_body(request, LogitsRequest)
     cfg = body.logits_config
     if cfg.return_hidden_states or cfg.return_mean_hidden_states:
@@ -289,3 +293,6 @@ def include(app: FastAPI) -> None:
 
     app.state.shutdown.append(_close_engines)
     app.include_router(router)
+    from plmserve.api import forge_protein
+
+    forge_protein.include(app)  # /api/v1/encode, decode, generate (ESMProtein, ESM C; issue 10)

@@ -1,4 +1,4 @@
-"""ESM-2 commands: ``plmserve encode``, ``plmserve predict``, ``plmserve score-variants``.
+"""ESM-2 and ESM C commands: ``plmserve encode``, ``plmserve predict``, ``plmserve score-variants``.
 
 They call the same engine as the HTTP server (``plmserve.models.esm2``), load weights through the
 same registry (``--model-dir`` / ``PLMSERVE_MODEL_DIR``, HF hub cache, fair-esm ``.pt`` files)
@@ -30,20 +30,40 @@ PREDICT_FORMATS = (".jsonl", ".json")
 # ---------------------------------------------------------------------------------------------
 
 
+#: model families these commands serve (same engine interface: encode, predict, log_prob, score_mutants)
+ENGINE_FAMILIES = ("esm2", "esmc")
+
+
+def engine_spec(model: str) -> Any:
+    """The registry entry of an ESM-2 or ESM C model.
+
+    Raises:
+        ModelNotFoundError: unknown name, or a model of another family (the message lists the served ones).
+    """
+    from plmserve.errors import ModelNotFoundError
+    from plmserve.models.registry import get_spec, list_models
+
+    spec = get_spec(model)
+    if spec.family not in ENGINE_FAMILIES:
+        known = ", ".join(m.slug for m in list_models() if m.family in ENGINE_FAMILIES)
+        raise ModelNotFoundError(f"model '{model}' is a {spec.family} model; this command serves: {known}")
+    return spec
+
+
 def load_engine(model: str, load_format: str | None, model_dir: Path | None) -> Any:
-    """The ESM-2 engine for ``model`` (slug or alias), loaded as the server would load it.
+    """The ESM-2 or ESM C engine for ``model`` (slug or alias), loaded as the server would load it.
 
     Raises:
         ModelNotFoundError: unknown model name.
         WeightsNotFoundError / ModelLoadError: no weights found / weights unusable.
         InvalidParameterError: ``load_format`` not ``auto`` or ``dummy``.
     """
-    from plmserve.models.registry import ModelManager, get_spec
+    from plmserve.models.registry import ModelManager
     from plmserve.settings import get_settings
 
     if load_format is not None and load_format not in ("auto", "dummy"):
         raise InvalidParameterError(f"--load-format must be 'auto' or 'dummy', not '{load_format}'")
-    get_spec(model, family="esm2")
+    spec = engine_spec(model)
     settings = get_settings(load_format=load_format, model_dir=model_dir)
     try:  # keep stderr to our own progress bar and one-line errors
         from transformers.utils import logging as hf_logging
@@ -52,7 +72,7 @@ def load_engine(model: str, load_format: str | None, model_dir: Path | None) -> 
     except ImportError:  # pragma: no cover
         pass
     with console.status(f"loading {model} ..."):
-        engine = ModelManager(settings).get(model, family="esm2")
+        engine = ModelManager(settings).get(model, family=spec.family)
     if getattr(engine, "load_format", None) == "dummy":
         console.print("[bold yellow]WARNING:[/] load-format=dummy: RANDOM weights, outputs are meaningless",
                       highlight=False)
@@ -138,6 +158,24 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def _esmc_include(include: list[str]) -> list[str]:
+    """``--include`` for ESM C (mean, per_token, bos, logits), duplicates removed.
+
+    Raises:
+        InvalidParameterError: an output ESM C does not have (contacts, attentions) or an unknown one.
+    """
+    from plmserve.models.esmc.engine import INCLUDE_KEYS
+
+    out: list[str] = []
+    for name in include:
+        if name not in INCLUDE_KEYS:
+            raise InvalidParameterError(f"--include: '{name}' is not available for ESM C; choose from "
+                                        f"{', '.join(INCLUDE_KEYS)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # encode writers
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +242,8 @@ _WRITERS = {".npz": write_npz, ".parquet": write_parquet, ".jsonl": write_jsonl}
 # commands
 # ---------------------------------------------------------------------------------------------
 
-_MODEL_HELP = "model slug or alias: esm2-8m, esm2-35m, esm2-150m, esm2-650m, esm2-3b, esm2-15b"
+_MODEL_HELP = ("model slug or alias: esm2-8m, esm2-35m, esm2-150m, esm2-650m, esm2-3b, esm2-15b, "
+               "esmc-300m, esmc-600m")
 _LOAD_HELP = "auto: real weights; dummy: real architecture with RANDOM weights (smoke tests)"
 _DIR_HELP = "directory with local weights: <dir>/<slug>/ (HF format) or fair-esm .pt files"
 
@@ -219,9 +258,11 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("esm2-650m", "-m", "--model", help=_MODEL_HELP),
         output: Path = typer.Option(..., "-o", "--output", help="output file: .npz, .parquet or .jsonl"),
         include: str = typer.Option("mean", "--include",
-                                    help="comma-separated: mean, per_token, bos, contacts, logits, attentions"),
+                                    help="comma-separated: mean, per_token, bos, contacts, logits, attentions "
+                                    "(ESM C: mean, per_token, bos, logits)"),
         repr_layers: str = typer.Option("-1", "--repr-layers",
-                                        help="comma-separated layers (0 = embeddings, -1 = last)"),
+                                        help="comma-separated layers (ESM-2: 0 = embeddings, -1 = last, after "
+                                        "the final norm; ESM C: 0..n-1 block outputs before the final norm, -1 = last)"),
         sequence: Optional[list[str]] = typer.Option(None, "--sequence", "-s", help="a sequence (repeatable)"),
         batch: int = typer.Option(64, "--batch", help="sequences per engine call (progress granularity)"),
         load_format: Optional[str] = typer.Option(None, "--load-format", help=_LOAD_HELP),
@@ -234,7 +275,8 @@ def register(app: typer.Typer) -> None:
         if suffix not in _WRITERS:
             raise InvalidParameterError(
                 f"-o {output}: unknown output format '{suffix}'; use one of {', '.join(ENCODE_FORMATS)}")
-        inc = check_include(_split_csv(include, "--include"))
+        inc = _split_csv(include, "--include")
+        inc = check_include(inc) if engine_spec(model).family == "esm2" else _esmc_include(inc)
         layers_req = parse_repr_layers(repr_layers)
         if batch < 1:
             raise InvalidParameterError("--batch must be at least 1")
@@ -342,9 +384,7 @@ def register(app: typer.Typer) -> None:
         if mutant_column not in table.columns:
             raise InvalidInputError(f"{variants}: no column '{mutant_column}' (columns: "
                                     f"{', '.join(map(str, table.columns))}); use --mutant-column")
-        from plmserve.models.registry import get_spec
-
-        column = score_column or get_spec(model, family="esm2").slug.replace("-", "_")
+        column = score_column or engine_spec(model).slug.replace("-", "_")
         if column in table.columns:
             raise InvalidParameterError(f"{variants} already has a column '{column}'; choose --score-column")
         if batch < 1:

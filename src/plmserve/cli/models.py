@@ -166,6 +166,8 @@ def _detect_family(src: Path) -> str | None:
         return "poet"
     if name.startswith("esm3") and name.endswith((".pth", ".pt")):
         return "esm3"
+    if name.startswith("esmc") and name.endswith((".pth", ".pt")):
+        return "esmc"
     if src.is_file() and name.endswith((".pt", ".pth", ".ckpt")):
         try:  # peek at the keys with a safe, memory-mapped load
             import argparse
@@ -196,11 +198,12 @@ def list_cmd(
 
     settings = _settings(model_dir)
     table = Table(title="plmserve models")
-    for col in ("slug", "family", "aliases", "weights"):
+    for col in ("slug", "family", "aliases", "licence", "weights"):
         table.add_column(col, overflow="fold")
     for spec in list_models():
         where = where_weights(spec, settings)
-        table.add_row(spec.slug, spec.family, ", ".join(spec.aliases), where or "not downloaded")
+        table.add_row(spec.slug, spec.family, ", ".join(spec.aliases), spec.licence or "",
+                      where or "not downloaded")
     Console(width=max(120, Console().width)).print(table)
 
 @models_app.command("pull")
@@ -264,18 +267,18 @@ def pull_cmd(
 def convert_cmd(
     src: Path = typer.Argument(..., help="official checkpoint (e.g. esm2_t33_650M_UR50D.pt, poet.ckpt)"),
     dst: Path = typer.Argument(..., help="output (ESM-2: a folder; PoET: a .safetensors or .ckpt file)"),
-    family: Optional[str] = typer.Option(None, "--family", help="esm2 | poet | esm3 (default: detected)"),
+    family: Optional[str] = typer.Option(None, "--family", help="esm2 | poet | esm3 | esmc (default: detected)"),
 ) -> None:
     """Convert an official checkpoint with the model family's converter."""
     if not src.exists():
         raise FileNotFoundError(2, "No such file or directory", str(src))
     fam = family or _detect_family(src)
     if fam is None:
-        raise InvalidParameterError(f"cannot tell the model family of {src}; pass --family esm2|poet|esm3")
+        raise InvalidParameterError(f"cannot tell the model family of {src}; pass --family esm2|poet|esm3|esmc")
     try:
         module = importlib.import_module(f"plmserve.models.{fam}")
     except ModuleNotFoundError:
-        raise InvalidParameterError(f"unknown model family '{fam}' (known: esm2, poet, esm3)") from None
+        raise InvalidParameterError(f"unknown model family '{fam}' (known: esm2, poet, esm3, esmc)") from None
     fn = getattr(module, "convert", None)
     if fn is None:
         raise InvalidParameterError(f"the {fam} family provides no converter")

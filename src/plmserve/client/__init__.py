@@ -10,6 +10,7 @@
     session.jobs          # JobsAPI: list / get / wait / cancel
     session.esm2("esm2-8m").encode(["MKTAYIAKQR"])   # BioLM-compatible ESM-2 routes
     session.encode("esm2-8m", ["MKTAYIAKQR"])        # the same, shorter
+    session.esmc("esmc-300m").encode(["MKTAYIAKQR"])  # ESM C (BioLM v3 routes)
 
 Errors are the OpenProtein SDK's types (:mod:`plmserve.client.errors`).
 """
@@ -29,6 +30,7 @@ from plmserve.client.errors import (
     TimeoutException,
 )
 from plmserve.client.esm2 import ESM2API, EncodeResult, LogProbResult, PredictResult
+from plmserve.client.esmc import ESMCAPI, ESMCEncodeResult, ESMCLogProbResult, ESMCPredictResult
 from plmserve.client.jobs import Job, JobsAPI, JobStatus
 from plmserve.client.poet import (
     MSAFuture,
@@ -84,18 +86,25 @@ class Session(APISession):
         """Client of the ESM-2 model ``slug``."""
         return ESM2API(self, slug)
 
+    def esmc(self, slug: str = "esmc-300m") -> ESMCAPI:
+        """Client of the ESM C model ``slug`` (BioLM v3 routes)."""
+        return ESMCAPI(self, slug)
+
+    def _api(self, model: str):
+        return ESMCAPI(self, model) if model.lower().startswith("esmc") else ESM2API(self, model)
+
     def encode(self, model: str, sequences: Sequence[str], include: Sequence[str] = ("mean",),
-               repr_layers: Sequence[int] = (-1,)) -> list[EncodeResult]:
-        """``POST /api/v2/<model>/encode/``."""
-        return ESM2API(self, model).encode(sequences, include=include, repr_layers=repr_layers)
+               repr_layers: Sequence[int] = (-1,)) -> list[EncodeResult] | list[ESMCEncodeResult]:
+        """``POST /api/v2/<model>/encode/`` (ESM-2), ``/api/v3/<model>/encode/`` (ESM C)."""
+        return self._api(model).encode(sequences, include=include, repr_layers=repr_layers)
 
-    def predict(self, model: str, sequences: Sequence[str]) -> list[PredictResult]:
-        """``POST /api/v2/<model>/predict/``."""
-        return ESM2API(self, model).predict(sequences)
+    def predict(self, model: str, sequences: Sequence[str]) -> list[PredictResult] | list[ESMCPredictResult]:
+        """``POST /api/v2/<model>/predict/`` (ESM-2), ``/api/v3/<model>/predict/`` (ESM C)."""
+        return self._api(model).predict(sequences)
 
-    def log_prob(self, model: str, sequences: Sequence[str]) -> list[LogProbResult]:
-        """``POST /api/v2/<model>/log_prob/``."""
-        return ESM2API(self, model).log_prob(sequences)
+    def log_prob(self, model: str, sequences: Sequence[str]) -> list[LogProbResult] | list[ESMCLogProbResult]:
+        """``POST /api/v2/<model>/log_prob/`` (ESM-2: PLL), ``/api/v3/<model>/log_prob/`` (ESM C: BioLM's)."""
+        return self._api(model).log_prob(sequences)
 
     def wait(self, future_or_job, interval: float | None = None, timeout: float | None = None):
         """Wait for a future (returns its results) or a Job (returns the final job)."""
@@ -123,7 +132,8 @@ def connect(url: str, username: str | None = None, password: str | None = None, 
 
 __all__ = [
     "AlignAPI", "EmbeddingsAPI", "PromptAPI", "load_job",
-    "APIError", "APISession", "AuthError", "ESM2API", "EncodeResult", "InvalidJob", "InvalidParameterError",
+    "APIError", "APISession", "AuthError", "ESM2API", "ESMCAPI", "ESMCEncodeResult", "ESMCLogProbResult",
+    "ESMCPredictResult", "EncodeResult", "InvalidJob", "InvalidParameterError",
     "Job", "JobFailedException", "JobStatus", "JobsAPI", "LogProbResult", "MSAFuture", "MSASamplingMethod",
     "MissingParameterError", "PoetAPI", "PoetGenerateFuture", "PoetInputType", "PoetSSPResult",
     "PoetScoreFuture", "PoetScoreResult", "PoetSingleSiteFuture", "PredictResult", "PromptFuture",

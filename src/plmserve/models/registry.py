@@ -33,7 +33,7 @@ class ModelSpec:
 
     Attributes:
         slug: canonical public name (e.g. ``esm2-650m``), used in URLs and CLI flags.
-        family: ``esm2`` | ``esm3`` | ``poet`` -- the package under ``plmserve.models`` whose
+        family: ``esm2`` | ``esm3`` | ``esmc`` | ``poet`` -- the package under ``plmserve.models`` whose
             ``load(spec, settings)`` builds it.
         aliases: other accepted names (official checkpoint names, client names).
         hf_repo: Hugging Face hub repository id, if any.
@@ -108,7 +108,39 @@ ESM3_MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 
-ALL_MODELS: tuple[ModelSpec, ...] = ESM2_MODELS + POET_MODELS + ESM3_MODELS
+# --- ESM C (issue 10) ---------------------------------------------------------------------------
+ESMC_OPEN_LICENCE = (
+    "Cambrian Open License (open, commercial use allowed; esm 3.2.1 LICENSE.md); the biohub/ESMC-300M "
+    "re-release states MIT"
+)
+ESMC_NC_LICENCE = (
+    "Cambrian Non-Commercial License: NON-COMMERCIAL USE ONLY (esm 3.2.1 LICENSE.md); the biohub re-release "
+    "states MIT, check its model card before commercial use"
+)
+
+
+def _esmc(slug: str, params: str, layers: int, dim: int, heads: int, licence: str) -> ModelSpec:
+    size = slug.split("-")[1]
+    return ModelSpec(
+        slug=slug,
+        family="esmc",
+        description=f"ESM C {params} (ESM Cambrian 2024-12; {layers} layers, {dim} wide, {heads} heads)",
+        aliases=(f"{slug}-2024-12", f"esmc_{size}", f"EvolutionaryScale/{slug}-2024-12", f"biohub/ESMC-{size.upper()}"),
+        hf_repo=f"biohub/ESMC-{size.upper()}",
+        official_files=(f"esmc_{size}_2024_12_v0.pth",),
+        licence=licence,
+        config={"num_layers": layers, "embed_dim": dim, "attention_heads": heads,
+                "alt_hf_repos": (f"EvolutionaryScale/{slug}-2024-12", f"biohub/{slug}-2024-12"),
+                "forge_name": f"{slug}-2024-12"},
+    )
+
+
+ESMC_MODELS: tuple[ModelSpec, ...] = (
+    _esmc("esmc-300m", "300M", 30, 960, 15, ESMC_OPEN_LICENCE),
+    _esmc("esmc-600m", "600M", 36, 1152, 18, ESMC_NC_LICENCE),
+)
+
+ALL_MODELS: tuple[ModelSpec, ...] = ESM2_MODELS + POET_MODELS + ESM3_MODELS + ESMC_MODELS
 
 _BY_NAME: dict[str, ModelSpec] = {}
 for _spec in ALL_MODELS:
