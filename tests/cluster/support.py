@@ -67,7 +67,7 @@ class LocalRayCluster:
         self.env = cluster_env()
 
     def _common(self, num_cpus: float) -> list[str]:
-        base = random.randrange(20000, 59000, 200)
+        base = random.randrange(12000, 30000, 200)  # below the ephemeral range free_port() draws from
         return [f"--num-cpus={num_cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                 f"--object-store-memory={self.object_store_mb * 10**6}",
                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
@@ -85,7 +85,7 @@ class LocalRayCluster:
 
     def start(self, timeout: float = 120) -> "LocalRayCluster":
         """Start the head and wait until it accepts a driver."""
-        self._spawn(["--head", f"--port={self.port}", "--include-dashboard=false",
+        self._spawn(["--head", f"--port={self.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
                      f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp_dir}",
                      *self._common(self.head_cpus)], "head")
         self.wait_for(cpus=self.head_cpus, nodes=1, timeout=timeout)

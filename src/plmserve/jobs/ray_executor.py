@@ -399,11 +399,16 @@ class JobDispatcher:
                 time.sleep(self.poll_s)
 
     def _finished(self, job_id: str, ref: Any) -> None:
+        try:
+            self._handle_finished(job_id, ref)
+        finally:  # only now: idle() never sees a job between its task and its retry
+            with self._lock:
+                self._flights.pop(job_id, None)
+
+    def _handle_finished(self, job_id: str, ref: Any) -> None:
         ray = _ray()
         from ray import exceptions as rex
 
-        with self._lock:
-            self._flights.pop(job_id, None)
         try:
             outcome = ray.get(ref)
             self._event(job_id, outcome)
@@ -550,6 +555,16 @@ class RayExecutor(Executor):
     def cancel(self, job_id: str) -> None:
         """The store already says CANCELED; the dispatcher drops or stops the task."""
         self.dispatcher.cancel.remote(job_id)
+
+    def shutdown_dispatcher(self) -> None:
+        """End the cluster's dispatcher for this store (tests, decommissioning; jobs in flight
+        are re-queued by the next dispatcher)."""
+        ray = _ray()
+        try:
+            ray.kill(ray.get_actor(self.name, namespace=self.settings.ray_namespace), no_restart=True)
+        except ValueError:  # no such actor
+            pass
+        self._actor = None
 
     def running_jobs(self) -> dict[str, dict[str, Any]]:
         """See :meth:`JobDispatcher.running` (worker pid and node of every job in flight)."""
