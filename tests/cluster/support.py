@@ -187,3 +187,55 @@ def _end_tree(proc: subprocess.Popen, grace: float = 20) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(tree, timeout=10)
+
+
+class ApiProcess:
+    """``plmserve serve`` as a real separate process (so it can be killed with SIGKILL).
+
+    Args:
+        args: extra ``serve`` flags (e.g. ``["--executor", "ray", "--ray-address", addr]``).
+        env: extra environment (``PLMSERVE_*`` settings).
+        log: file receiving the server's output.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None):
+        self.args, self.extra_env, self.log = list(args), dict(env), log
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> "ApiProcess":
+        import httpx
+
+        cmd = [sys.executable, "-c", "from plmserve.cli import main; main()", "serve", "--port", str(self.port),
+               *self.args]
+        self.proc = subprocess.Popen(cmd, env=cluster_env(self.extra_env), stdout=self.log.open("a"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plmserve serve exited ({self.proc.returncode}):\n"
+                                   + self.log.read_text(errors="replace")[-4000:])
+            try:
+                if httpx.get(self.url + "/docs", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("plmserve serve did not start:\n" + self.log.read_text(errors="replace")[-4000:])
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the API process (no shut-down hooks run)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
