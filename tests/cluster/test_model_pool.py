@@ -29,7 +29,7 @@ def settings(tmp_path_factory, ray_cluster):
     src = shared_path("fixtures", "esm2")
     shutil.copy(src / "esm2_tiny.pt", d / "esm2_t6_8M_UR50D.pt")
     shutil.copy(src / "esm2_tiny-contact-regression.pt", d / "esm2_t6_8M_UR50D-contact-regression.pt")
-    return Settings(model_dir=d, device="cpu", dtype="float32", ray_address=ray_cluster.address,
+    return Settings(model_dir=d, data_dir=d / "data", device="cpu", dtype="float32", ray_address=ray_cluster.address,
                     model_replicas={"esm2-8m": 2}, ray_actor_num_cpus=0.5)
 
 
@@ -97,3 +97,36 @@ def test_a_killed_replica_is_restarted(pool, ray_driver):
     assert all(np.allclose(o, outs[0]) for o in outs)
     new = _infos(pool, ray_driver)
     assert new[0]["pid"] != infos[0]["pid"] and new[1]["pid"] == infos[1]["pid"]
+
+
+def test_biolm_routes_served_by_the_pool_answer_like_in_process(pool, settings, ray_driver):
+    from fastapi.testclient import TestClient
+
+    from plmserve.api.app import create_app
+
+    body = {"params": {"include": ["mean", "per_token", "contacts", "logits"]}, "items": [{"sequence": s} for s in SEQS[:3]]}
+    auth = {"Authorization": "Token k"}
+    answers = []
+    before = sum(i["calls"] for i in _infos(pool, ray_driver))
+    for replicas in ({"esm2-8m": 2}, {}):
+        s = settings.model_copy(update={"api_keys": ["k"], "model_replicas": replicas})
+        with TestClient(create_app(s)) as client:
+            enc = client.post("/api/v2/esm2-8m/encode/", json=body, headers=auth)
+            lp = client.post("/api/v2/esm2-8m/log_prob/", json={"items": body["items"]}, headers=auth)
+            bad = client.post("/api/v2/esm2-8m/encode/", json={"items": [{"sequence": "MKT*"}]}, headers=auth)
+            assert enc.status_code == lp.status_code == 200 and bad.status_code == 400
+            answers.append((enc.json(), lp.json(), bad.json()))
+            if replicas:  # the pool did the work; the API process loaded no model
+                assert client.app.state.models.loaded() == []
+    assert sum(i["calls"] for i in _infos(pool, ray_driver)) > before
+    (enc_pool, lp_pool, bad_pool), (enc_local, lp_local, bad_local) = answers
+    assert bad_pool == bad_local
+    np.testing.assert_allclose([r["log_prob"] for r in lp_pool["results"]],
+                               [r["log_prob"] for r in lp_local["results"]], rtol=1e-5)
+    for a, b in zip(enc_pool["results"], enc_local["results"]):
+        assert a.keys() == b.keys()
+        for key in ("contacts", "logits"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+        for layer in b["mean_representations"]:
+            np.testing.assert_allclose(a["mean_representations"][layer], b["mean_representations"][layer],
+                                       rtol=1e-5, atol=1e-6)

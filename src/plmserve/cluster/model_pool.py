@@ -28,7 +28,7 @@ unchanged by :meth:`ModelPool.run`, so the API maps them to the same 4xx as in-p
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -66,7 +66,15 @@ class ModelWorker:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "slug": self.slug,
                 "calls": self.calls}
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def describe(self, name: str) -> tuple[str, Any]:
+        """``("method", None)`` for a public method of the model, ``("value", v)`` for a public
+        attribute (e.g. ``alphabet_tokens``, ``load_format``). Raises AttributeError otherwise."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self.model, name)
+        return ("method", None) if callable(value) else ("value", value)
+
+    def call(self, method: str, args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
         """``model.<method>(*args, **kwargs)``; only public methods can be called.
 
         Raises:
@@ -76,7 +84,7 @@ class ModelWorker:
         if method.startswith("_") or not callable(getattr(self.model, method, None)):
             raise AttributeError(f"model '{self.slug}' has no method {method!r}")
         self.calls += 1
-        return getattr(self.model, method)(*args, **kwargs)
+        return getattr(self.model, method)(*args, **(kwargs or {}))
 
 
 class ModelPool:
@@ -175,7 +183,7 @@ class ModelPool:
             if counts is not None and i < len(counts):
                 counts[i] = max(0, counts[i] - 1)
 
-    async def run(self, slug: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, slug: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` of model ``slug`` on its least-loaded replica and await the result.
 
         Args:
@@ -191,7 +199,7 @@ class ModelPool:
         i = self._pick(slug)
         try:
             actor = self._actors[slug][i]
-            return await actor.call.remote(method, *args, **kwargs)
+            return await actor.call.remote(method, args, kwargs)
         except rex.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             if isinstance(cause, (PlmserveError, AttributeError)):
@@ -200,9 +208,69 @@ class ModelPool:
         finally:
             self._release(slug, i)
 
-    def run_sync(self, slug: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`run` from synchronous code (a thread without a running event loop)."""
-        return asyncio.run(self.run(slug, method, *args, **kwargs))
+    def call_sync(self, slug: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`run` for synchronous code (blocks this thread until the replica answered)."""
+        from ray import exceptions as rex
+
+        from plmserve.jobs.ray_executor import _ray
+
+        i = self._pick(slug)
+        try:
+            return _ray().get(self._actors[slug][i].call.remote(method, args, kwargs))
+        except rex.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if isinstance(cause, (PlmserveError, AttributeError)):
+                raise cause from None
+            raise
+        finally:
+            self._release(slug, i)
+
+    def engine(self, slug: str) -> "RemoteEngine":
+        """A stand-in for the engine of ``slug`` whose methods run on the replicas."""
+        return RemoteEngine(self, slug)
+
+
+class RemoteEngine:
+    """Looks like a model engine; every method call goes to the least-loaded replica
+    (:meth:`ModelPool.call_sync`), attributes (``alphabet_tokens``, ``load_format`` ...) are
+    read from a replica once and cached. Lets code written for an in-process engine (the HTTP
+    routes) use the pool unchanged."""
+
+    def __init__(self, pool: ModelPool, slug: str):
+        self._pool = pool
+        self._slug = slug
+        self._kinds: dict[str, tuple[str, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        kind = self._kinds.get(name)
+        if kind is None:
+            from plmserve.jobs.ray_executor import _ray
+
+            actor = self._pool._actors[self._slug][0]
+            try:
+                kind = _ray().get(actor.describe.remote(name))
+            except Exception as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, AttributeError):
+                    raise AttributeError(f"model '{self._slug}' has no attribute {name!r}") from None
+                raise
+            self._kinds[name] = kind
+        if kind[0] == "value":
+            return kind[1]
+        return functools.partial(self._pool.call_sync, self._slug, name)
+
+
+def remote_engine(app_state: Any, slug: str) -> RemoteEngine | None:
+    """The hook of the synchronous HTTP routes: a :class:`RemoteEngine` for ``slug`` when the
+    settings give it replicas (``PLMSERVE_MODEL_REPLICAS='{"esm2-650m": 2}'``), else None (the
+    route then uses the in-process model manager as before)."""
+    replicas = getattr(app_state.settings, "model_replicas", None) or {}
+    if slug not in replicas:
+        return None
+    pool = pool_for(app_state)
+    return pool.engine(slug) if pool is not None else None
 
 
 def pool_for(app_state: Any) -> ModelPool | None:
