@@ -38,6 +38,8 @@ def main() -> None:
 
     import numpy as np
 
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback cluster (as tests.cluster.support)
+
     from plmserve.bio.msa import read_msa
     from plmserve.jobs import poet as pj
     from plmserve.jobs.ray_executor import RayExecutor

@@ -27,8 +27,11 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def ray_driver(ray_cluster):
     """This test process connected to the cluster as a Ray driver (namespace ``plmserve``)."""
+    import os
+
     import ray
 
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster (tests.cluster.support.cluster_env)
     ray.init(address=ray_cluster.address, namespace="plmserve", log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -42,7 +42,8 @@ def cluster_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     paths = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
-    env.update({"PYTHONPATH": os.pathsep.join(paths), "RAY_USAGE_STATS_ENABLED": "0",
+    # RAY_AUTH_MODE: a private loopback cluster, independent of a token in ~/.ray of this machine
+    env.update({"PYTHONPATH": os.pathsep.join(paths), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                 "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     env.update(extra or {})
     return env

@@ -82,6 +82,22 @@ def worker_settings(settings: Any) -> dict[str, Any]:
     return data
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast (ray.init retries for minutes) when a ``HOST:PORT`` head does not answer."""
+    import socket
+
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise RayUnavailableError(
+            f"no Ray head answers at {address} ({exc}); start one with 'ray start --head --port {port}' "
+            "or give --ray-address auto on a node of the cluster") from None
+
+
 def connect(settings: Any) -> None:
     """Connect this process to Ray (``settings.ray_address``: None starts a local Ray instance,
     ``"auto"`` or ``"HOST:PORT"`` joins a running cluster) and check that its workers can reach
@@ -93,6 +109,7 @@ def connect(settings: Any) -> None:
     """
     ray = _ray()
     if not ray.is_initialized():
+        _check_reachable(settings.ray_address)
         kwargs: dict[str, Any] = {"namespace": settings.ray_namespace, "log_to_driver": False}
         if settings.ray_address:
             kwargs["address"] = settings.ray_address
@@ -100,9 +117,13 @@ def connect(settings: Any) -> None:
             kwargs["include_dashboard"] = False
         try:
             ray.init(**kwargs)
-        except Exception as exc:  # ConnectionError, timeouts ...
+        except Exception as exc:  # ConnectionError, timeouts, authentication ...
+            hint = ""
+            if "auth" in f"{type(exc).__name__} {exc}".lower():
+                hint = ("; the cluster uses Ray token authentication: copy its token (~/.ray/auth_token on the "
+                        "head) to this machine or set RAY_AUTH_TOKEN, and export RAY_AUTH_MODE=token")
             raise RayUnavailableError(
-                f"cannot connect to the Ray cluster at {settings.ray_address or '(local)'}: {exc}") from None
+                f"cannot connect to the Ray cluster at {settings.ray_address or '(local)'}: {exc}{hint}") from None
     url = settings.resolved_database_url()
     if url.startswith("sqlite"):
         here = ray.util.get_node_ip_address()
