@@ -301,8 +301,6 @@ class _Flight:
     ref: Any
     job_type: str
     submitted: float = field(default_factory=time.monotonic)
-    pid: int | None = None
-    node_id: str | None = None
 
 
 class JobDispatcher:
@@ -329,6 +327,7 @@ class JobDispatcher:
         self.store = JobStore(self.settings.resolved_database_url())
         self.max_attempts = max(1, int(self.settings.job_max_attempts))
         self._flights: dict[str, _Flight] = {}
+        self._where: dict[str, tuple[int, str]] = {}  # job_id -> (pid, node id) of its running task
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -360,7 +359,8 @@ class JobDispatcher:
         ray = _ray()
         with self._lock:
             flight = self._flights.get(job_id)
-        if flight is not None and flight.pid is None:
+            started = job_id in self._where
+        if flight is not None and not started:
             try:
                 ray.cancel(flight.ref)
             except Exception:
@@ -368,17 +368,17 @@ class JobDispatcher:
         self._wake.set()
 
     def started(self, job_id: str, pid: int, node_id: str) -> None:
-        """Called by a job's task when a worker process starts it."""
+        """Called by a job's task when a worker process starts it (may arrive before the
+        dispatcher has recorded the flight: kept apart until the flight ends)."""
         with self._lock:
-            flight = self._flights.get(job_id)
-            if flight is not None:
-                flight.pid, flight.node_id = pid, node_id
+            self._where[job_id] = (pid, node_id)
         self._event(job_id, "started", f"pid {pid} on node {node_id}")
 
     def running(self) -> dict[str, dict[str, Any]]:
         """``job_id -> {"pid", "node_id", "job_type"}`` of the tasks in flight (pid None while queued)."""
         with self._lock:
-            return {j: {"pid": f.pid, "node_id": f.node_id, "job_type": f.job_type} for j, f in self._flights.items()}
+            return {j: {"pid": self._where.get(j, (None, None))[0], "node_id": self._where.get(j, (None, None))[1],
+                        "job_type": f.job_type} for j, f in self._flights.items()}
 
     def history(self) -> list[tuple[str, str, str]]:
         """Events so far: ``(job_id, "launched" | "started" | "retry" | "gave_up" | outcome, detail)``."""
@@ -425,6 +425,7 @@ class JobDispatcher:
         finally:  # only now: idle() never sees a job between its task and its retry
             with self._lock:
                 self._flights.pop(job_id, None)
+                self._where.pop(job_id, None)
 
     def _handle_finished(self, job_id: str, ref: Any) -> None:
         ray = _ray()
