@@ -155,3 +155,12 @@ def test_sqlite_store_is_refused_when_a_node_is_on_another_machine(tmp_path, ray
         connect(settings)
     msg = str(exc.value)
     assert "10.9.8.7" in msg and "SQLite" in msg and "PLMSERVE_DATABASE_URL" in msg and "PostgreSQL" in msg
+
+
+def test_a_job_type_without_handler_fails_with_its_name(env):
+    store, ex = env
+    job = submit(store, ex, "/test/unknown")
+    assert ex.wait_idle(60)
+    done = store.get_job(job.job_id)
+    assert done.status == FAILURE and done.attempts == 0
+    assert "no handler for job type '/test/unknown'" in done.failure_message

@@ -482,6 +482,9 @@ class JobDispatcher:
         remote = _remote_run_job()
         for job in self.store.list_jobs(status=PENDING, oldest_first=True):
             if job.job_type not in self.job_types:
+                self.store.fail(job.job_id, f"the Ray workers have no handler for job type {job.job_type!r} "
+                                            f"(handlers: {self.handlers_ref})")
+                self._event(job.job_id, "failure", "no handler")
                 continue
             with self._lock:
                 if job.job_id in self._flights:
