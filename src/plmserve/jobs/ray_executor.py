@@ -386,11 +386,11 @@ class JobDispatcher:
             return list(self.events)
 
     def idle(self) -> bool:
-        """No task in flight and no PENDING job of a type this dispatcher runs."""
+        """No task in flight and no PENDING job in the store."""
         with self._lock:
             if self._flights:
                 return False
-        return not any(j.job_type in self.job_types for j in self.store.list_jobs(status=PENDING))
+        return not self.store.list_jobs(status=PENDING, limit=1)
 
     # ----- internals
     def _event(self, job_id: str, what: str, detail: str = "") -> None:
