@@ -68,12 +68,23 @@ def main() -> None:
         ex = RayExecutor(store, settings)
         ex.start()
 
+        import ray
+
+        def nodes_of(job_ids) -> int:
+            """Distinct nodes (and worker processes) that ran these jobs (the dispatcher's record)."""
+            ids = set(job_ids)
+            started = [d for j, w, d in ray.get(ex.dispatcher.history.remote()) if j in ids and w == "started"]
+            return len({d.split(" on node ")[1] for d in started}), len({d.split(" ")[1] for d in started})
+
+        last: list[str] = []
+
         def run(n: int) -> float:
             t = time.perf_counter()
             jobs = [store.create_job(pj.JOB_SCORE, "bench", {"prompt_id": prompt.job_id},
                                      artifacts={pj.ART_INPUT: json.dumps(variants).encode()}) for _ in range(n)]
             for job in jobs:
                 ex.submit(job.job_id)
+            last[:] = [j.job_id for j in jobs]
             if not ex.wait_idle(3600):
                 raise RuntimeError("jobs did not finish")
             elapsed = time.perf_counter() - t
@@ -84,9 +95,11 @@ def main() -> None:
 
         run(2)  # warm-up: worker process started, model loaded
         t1 = run(args.jobs)
+        used1 = nodes_of(last)
         cluster.add_node(num_cpus=1)
         run(4)  # warm-up of the second node's worker
         t2 = run(args.jobs)
+        used2 = nodes_of(last)
         ex.shutdown_dispatcher()
         ex.stop()
         store.close()
@@ -96,6 +109,7 @@ def main() -> None:
         "scaling_efficiency": round(jps2 / (2 * jps1), 3),
         "jobs": args.jobs, "variants_per_job": args.variants, "replicates": args.replicates,
         "seconds_1": round(t1, 2), "seconds_2": round(t2, 2),
+        "nodes_and_workers_1": used1, "nodes_and_workers_2": used2,
         "loadavg_1min_before": round(load_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }))
