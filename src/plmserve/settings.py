@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # None: a local Ray instance; "auto"; "HOST:PORT" of a head
     ray_namespace: str = "plmserve"
     ray_job_num_cpus: float = 1.0  # Ray resources declared by every job task
-    ray_job_num_gpus: float = 0.0  # per PoET job (score/single-site/generate); align jobs use none
+    ray_job_num_gpus: float = 0.0  # per job that runs a model (PoET, embeddings); /align/ jobs: none
     ray_job_memory_mb: int | None = None  # Ray logical memory per job task (None: not declared)
     job_max_attempts: int = 3  # a job is tried at most this often (worker deaths included)
     model_replicas: dict[str, int] = Field(default_factory=dict)  # model pool: slug -> Ray actors

@@ -8,8 +8,8 @@ Three pieces, each in its own process:
 - :class:`JobDispatcher`, a *detached* named Ray actor (one per job database; restarted by Ray if
   its node dies). It scans the store for PENDING jobs whose prerequisite succeeded and launches
   one Ray task per job with the resources the settings declare (``ray_job_num_cpus``,
-  ``ray_job_num_gpus`` for PoET jobs, ``ray_job_memory_mb``), so jobs spread over the nodes
-  that have room. It watches the tasks: a task whose worker process or node died is retried
+  ``ray_job_num_gpus`` for the jobs that run a model, ``ray_job_memory_mb``), so jobs spread
+  over the nodes that have room. It watches the tasks: a task whose worker process or node died is retried
   (the job goes back to PENDING) until the job's ``attempts`` reach ``job_max_attempts``; then
   the job fails with a message saying so. Because the dispatcher and its tasks outlive the API
   process, a killed API process loses nothing: on restart it re-attaches to the dispatcher, and
@@ -52,8 +52,8 @@ from plmserve.jobs.store import CANCELED, DONE_STATUSES, PENDING, RUNNING, SUCCE
 logger = logging.getLogger(__name__)
 
 DEFAULT_HANDLERS = "plmserve.jobs.poet:handlers"
-#: Job types that run a model (they get ``ray_job_num_gpus``); the align jobs need no GPU.
-MODEL_JOB_PREFIX = "/poet"
+#: Job types that run no model (MSA search, prompt sampling): they never get ``ray_job_num_gpus``.
+NO_MODEL_JOB_PREFIX = "/align/"
 
 
 class RayUnavailableError(PlmserveError):
@@ -472,7 +472,7 @@ class JobDispatcher:
         s = self.settings
         opts: dict[str, Any] = {"num_cpus": s.ray_job_num_cpus, "max_retries": 0,
                                 "name": f"plmserve{job_type.replace('/', ':')}"}
-        if job_type.startswith(MODEL_JOB_PREFIX) and s.ray_job_num_gpus:
+        if not job_type.startswith(NO_MODEL_JOB_PREFIX) and s.ray_job_num_gpus:
             opts["num_gpus"] = s.ray_job_num_gpus
         if s.ray_job_memory_mb:
             opts["memory"] = int(s.ray_job_memory_mb) * 2**20
