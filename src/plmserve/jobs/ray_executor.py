@@ -40,14 +40,28 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 
 from plmserve.errors import PlmserveError
-from plmserve.jobs.executor import Executor, Handler, JobCanceled, JobContext, JobInterrupted
+from plmserve.jobs.executor import (
+    Executor,
+    Handler,
+    JobCanceled,
+    JobContext,
+    JobInterrupted,
+)
 from plmserve.jobs.models import Job, JobArtifact, utcnow
-from plmserve.jobs.store import CANCELED, DONE_STATUSES, PENDING, RUNNING, SUCCESS, FAILURE, JobStore
+from plmserve.jobs.store import (
+    CANCELED,
+    DONE_STATUSES,
+    FAILURE,
+    PENDING,
+    RUNNING,
+    SUCCESS,
+    JobStore,
+)
 
 logger = logging.getLogger(__name__)
 
