@@ -164,3 +164,27 @@ def test_a_job_type_without_handler_fails_with_its_name(env):
     done = store.get_job(job.job_id)
     assert done.status == FAILURE and done.attempts == 0
     assert "no handler for job type '/test/unknown'" in done.failure_message
+
+
+def test_a_killed_dispatcher_is_restarted_and_reruns_the_running_job(env):
+    import ray
+
+    store, ex = env
+    job = submit(store, ex, "/test/sleep", {"value": "d", "steps": 25, "delay": 0.2})
+    wait_running_pid(store, ex, job.job_id)
+    old = ray.get(ex.dispatcher.pid.remote())
+    os.kill(old, signal.SIGKILL)  # Ray restarts the detached actor (max_restarts=-1)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if ray.get(ex.dispatcher.pid.remote(), timeout=30) != old:
+                break
+        except ray.exceptions.RayError:
+            time.sleep(0.5)
+    assert ex.wait_idle(180)
+    done = store.get_job(job.job_id)
+    assert done.status == SUCCESS and done.attempts == 2  # re-queued by the new dispatcher, run once more
+    result = json.loads(store.get_artifact(job.job_id, "result.json"))
+    assert result["attempt"] == 2 and n_artifacts(store, job.job_id) == 1
+    # the new incarnation found the job RUNNING without a task of its own and re-queued it
+    assert ("requeued", "the job dispatcher restarted") in history(ex, job.job_id)

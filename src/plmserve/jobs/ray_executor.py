@@ -359,6 +359,10 @@ class JobDispatcher:
         """Liveness check; returns the actor's name."""
         return self.name
 
+    def pid(self) -> int:
+        """The dispatcher's process id (operators, fault tests)."""
+        return os.getpid()
+
     def submit(self, job_id: str) -> None:
         """A job was created: scan the store now (the job starts once its prerequisite succeeded)."""
         self._wake.set()
