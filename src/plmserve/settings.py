@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     colabfold_url: str = "https://api.colabfold.com"
     workers: int = 1
 
+    # --- Ray executor and model workers (issue 11: scale out on Ray; docs/deploy.md) -------
+    executor: Literal["inprocess", "ray"] = "inprocess"  # where jobs run (plmserve serve --executor)
+    ray_address: str | None = None  # None: a local Ray instance; "auto"; "HOST:PORT" of a head
+    ray_namespace: str = "plmserve"
+    ray_job_num_cpus: float = 1.0  # Ray resources declared by every job task
+    ray_job_num_gpus: float = 0.0  # per job that runs a model (PoET, embeddings); /align/ jobs: none
+    ray_job_memory_mb: int | None = None  # Ray logical memory per job task (None: not declared)
+    job_max_attempts: int = 3  # a job is tried at most this often (worker deaths included)
+    model_replicas: dict[str, int] = Field(default_factory=dict)  # model pool: slug -> Ray actors
+    ray_actor_num_cpus: float = 1.0  # resources of one model-pool actor
+    ray_actor_num_gpus: float = 0.0
+
     def resolved_database_url(self) -> str:
         """``database_url``, or the SQLite file ``<data_dir>/plmserve.db`` when it is not set."""
         if self.database_url:

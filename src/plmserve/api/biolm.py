@@ -287,7 +287,14 @@ async def _run_json(engine: Any, build) -> Response:
 
 
 async def _get_engine(request: Request, slug: str) -> Any:
-    get_spec(slug, family="esm2")  # unknown slug -> 404 before anything is loaded
+    spec = get_spec(slug, family="esm2")  # unknown slug -> 404 before anything is loaded
+    # --- issue 11 hook: models with Ray replicas (PLMSERVE_MODEL_REPLICAS) run on the model pool
+    from plmserve.cluster.model_pool import remote_engine
+
+    remote = await run_in_threadpool(remote_engine, request.app.state, spec.slug)
+    if remote is not None:
+        return remote
+    # --- end of the issue 11 hook
     models = request.app.state.models
     return await run_in_threadpool(models.get, slug, "esm2")
 

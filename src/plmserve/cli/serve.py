@@ -24,6 +24,8 @@ def build_settings(
     no_auth: bool = False,
     api_keys: list[str] | None = None,
     model_dir: Path | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ):
     """Settings from the environment with the given flags on top, checked for safe auth.
 
@@ -41,6 +43,8 @@ def build_settings(
         no_auth=True if no_auth else None,
         api_keys=list(api_keys) if api_keys else None,
         model_dir=model_dir,
+        executor=executor,
+        ray_address=ray_address,
     )
     check_auth_config(settings, has_users=bool(not settings.no_auth and not settings.api_keys and _has_users(settings)))
     return settings
@@ -166,13 +170,25 @@ def register(app: typer.Typer) -> None:
         model_dir: Optional[Path] = typer.Option(
             None, "--model-dir", help="directory with local weights: <dir>/<slug>/ or official files (env PLMSERVE_MODEL_DIR)"),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+        executor: Optional[str] = typer.Option(
+            None, "--executor", help="where jobs run: inprocess (default) or ray (docs/deploy.md; env PLMSERVE_EXECUTOR)"),
+        ray_address: Optional[str] = typer.Option(
+            None, "--ray-address", help="with --executor ray: auto, or HOST:PORT of a Ray head (default: a local Ray)"),
     ) -> None:
         """Serve the BioLM-, Forge- and OpenProtein-compatible HTTP APIs (OpenAPI docs at /docs)."""
         if load_format is not None and load_format not in ("auto", "dummy"):
             from plmserve.errors import InvalidParameterError
 
             raise InvalidParameterError(f"--load-format must be 'auto' or 'dummy', not '{load_format}'")
-        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir)
+        if executor is not None and executor not in ("inprocess", "ray"):
+            from plmserve.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"--executor must be 'inprocess' or 'ray', not '{executor}'")
+        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir, executor, ray_address)
+        if settings.executor == "ray":  # issue 11: connect and check the store is reachable before serving
+            from plmserve.jobs.ray_executor import connect
+
+            connect(settings)
 
         import uvicorn
 

@@ -39,6 +39,10 @@ class JobService:
         self.settings = settings
         self.models = models
         self.store = store or JobStore.from_settings(settings)
+        if executor is None and getattr(settings, "executor", "inprocess") == "ray":  # issue 11: Ray
+            from plmserve.jobs.ray_executor import RayExecutor
+
+            executor = RayExecutor(self.store, settings)
         if executor is None:
             handlers = dict(poet_handlers())
             handlers.update(extra_handlers or {})
