@@ -617,6 +617,19 @@ class ESM2Engine:
         self._run(work)
         return out  # type: ignore[return-value]
 
+    def masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
+        """Public form of the masked pass used by ``pll`` and ``masked_marginals`` (for schedulers
+        that batch the L passes of a pseudo-log-likelihood across requests).
+
+        Args:
+            jobs: ``(residue_ids int64[L], positions)``: the 0-based positions masked together.
+
+        Returns:
+            Per job, float64 ``[len(positions), 33]``: ``log_softmax`` over the full vocabulary at
+            the masked positions (column = token id).
+        """
+        return self._masked_log_probs(jobs)
+
     def log_prob(self, sequences: Sequence[str], method: str = "pll") -> list[float]:
         """Log-likelihood of each sequence (natural log), standard residues only.
 
