@@ -52,6 +52,8 @@ from plmserve.errors import (
 )
 from plmserve.jobs import poet as pj
 from plmserve.jobs.store import FAILURE, SUCCESS, JobRecord, JobStore, user_owner
+from plmserve.serving.limits import job_limits
+from plmserve.serving.ops import login_rate_limit
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +224,8 @@ def _poet_job(store: JobStore, job_id: str, owner: str, types: set[str] | frozen
 
 
 # ---------------------------------------------------------------------- routers
-public = APIRouter(tags=["openprotein"])
-router = APIRouter(tags=["openprotein"])
+public = APIRouter(tags=["openprotein"], dependencies=[Depends(login_rate_limit)])
+router = APIRouter(tags=["openprotein"], dependencies=[Depends(job_limits)])  # limits before any work
 
 
 @public.post("/login/user-access-token")
@@ -256,7 +258,7 @@ def list_jobs(
     assay_id: str | None = Query(None),
     more_recent_than: datetime | None = Query(None),
     page_size: int | None = Query(None, ge=1, le=10000),
-    page_offset: int = Query(0, ge=0),
+    page_offset: int = Query(0, ge=0, le=2**31 - 1),
     limit: int | None = Query(None, ge=1, le=10000),
 ):
     """The caller's jobs, newest first (filters: status, job_type, more_recent_than)."""
