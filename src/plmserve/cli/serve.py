@@ -24,6 +24,8 @@ def build_settings(
     no_auth: bool = False,
     api_keys: list[str] | None = None,
     model_dir: Path | None = None,
+    models: str | None = None,
+    shutdown_timeout: float | None = None,
 ):
     """Settings from the environment with the given flags on top, checked for safe auth.
 
@@ -41,7 +43,14 @@ def build_settings(
         no_auth=True if no_auth else None,
         api_keys=list(api_keys) if api_keys else None,
         model_dir=model_dir,
+        served_models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        shutdown_timeout_s=shutdown_timeout,
     )
+    if settings.served_models:  # unknown names fail at start, not on the first request
+        from plmserve.models.registry import get_spec
+
+        for name in settings.served_models:
+            get_spec(name)
     check_auth_config(settings, has_users=bool(not settings.no_auth and not settings.api_keys and _has_users(settings)))
     return settings
 
@@ -72,6 +81,11 @@ def log_config() -> dict:
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
     cfg["loggers"]["plmserve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # every line: UTC timestamp, level, logger, request id (operations, issue 14)
+    cfg["filters"] = {"request_id": {"()": "plmserve.serving.ops.RequestIdFilter"}}
+    cfg["formatters"]["default"]["fmt"] = "%(asctime)s %(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
+    cfg["formatters"]["default"]["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"
+    cfg["handlers"]["default"]["filters"] = ["request_id"]
     return cfg
 
 
@@ -94,13 +108,18 @@ def register(app: typer.Typer) -> None:
         model_dir: Optional[Path] = typer.Option(
             None, "--model-dir", help="directory with local weights: <dir>/<slug>/ or official files (env PLMSERVE_MODEL_DIR)"),
         log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+        models: Optional[str] = typer.Option(
+            None, "--models", help="comma-separated allowlist of served models, e.g. esm2-8m,poet (default: the "
+            "models whose weights are present; every model with --load-format dummy) [env PLMSERVE_SERVED_MODELS]"),
+        shutdown_timeout: Optional[float] = typer.Option(
+            None, "--shutdown-timeout", help="seconds to drain in-flight requests on SIGTERM/Ctrl-C (default 30)"),
     ) -> None:
         """Serve the BioLM-, Forge- and OpenProtein-compatible HTTP APIs (OpenAPI docs at /docs)."""
         if load_format is not None and load_format not in ("auto", "dummy"):
             from plmserve.errors import InvalidParameterError
 
             raise InvalidParameterError(f"--load-format must be 'auto' or 'dummy', not '{load_format}'")
-        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir)
+        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir, models, shutdown_timeout)
 
         import uvicorn
 
@@ -115,4 +134,6 @@ def register(app: typer.Typer) -> None:
             console.print("[bold yellow]WARNING:[/] load-format=dummy: every model has RANDOM weights; "
                           "outputs are meaningless (responses carry X-Plmserve-Load-Format: dummy)", soft_wrap=True)
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
-                    log_config=log_config())
+                    log_config=log_config(), access_log=False,  # plmserve.access logs each request
+                    timeout_keep_alive=settings.keep_alive_s,
+                    timeout_graceful_shutdown=settings.shutdown_timeout_s)

@@ -102,3 +102,21 @@ def _check_file_sequences(raw: bytes, field: str, settings: Any) -> None:
         return
     for i, (_name, seq) in enumerate(seqs):
         check_poet_sequence(len(seq), settings, f"{field} sequence {i + 1}")
+
+
+def parse_age(text: str):
+    """``30d`` / ``12h`` / ``90m`` / ``45s`` / ``2w`` -> :class:`datetime.timedelta`.
+
+    Raises:
+        InvalidParameterError: any other form (the message shows the accepted ones).
+    """
+    import re
+    from datetime import timedelta
+
+    from plmserve.errors import InvalidParameterError
+
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not m:
+        raise InvalidParameterError(f"invalid age {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 45s, 2w")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})

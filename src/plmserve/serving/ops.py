@@ -73,10 +73,6 @@ def key_label(token: str) -> str:
     return "key:" + hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class ServingMiddleware:
     """Request ids, body-size limits, metrics and access logs (see the module docstring)."""
 
@@ -104,6 +100,8 @@ class ServingMiddleware:
         limit, limit_name = self._limit(headers)
 
         async def send_wrapper(message):
+            if status.get("refused"):
+                return  # the 413 was sent; whatever the app answers after it is dropped
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
@@ -134,19 +132,20 @@ class ServingMiddleware:
             received = {"n": 0}
 
             async def receive_wrapper():
+                if status.get("refused"):
+                    return {"type": "http.disconnect"}
                 message = await receive()
                 if message["type"] == "http.request":
                     received["n"] += len(message.get("body", b""))
-                    if received["n"] > limit:
-                        raise _BodyTooLarge()
+                    if received["n"] > limit and not status["started"]:
+                        # answer 413 now and show the app a disconnected client (it stops reading)
+                        await refuse(f"request body too large: more than {limit} bytes; the limit is {limit} "
+                                     f"bytes (server setting {limit_name})")
+                        status["refused"] = True
+                        return {"type": "http.disconnect"}
                 return message
 
-            try:
-                await self.app(scope, receive_wrapper, send_wrapper)
-            except _BodyTooLarge:
-                if not status["started"]:
-                    await refuse(f"request body too large: more than {limit} bytes; the limit is {limit} bytes "
-                                 f"(server setting {limit_name})")
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
