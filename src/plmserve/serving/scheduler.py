@@ -10,10 +10,11 @@ no code taken from either):
   not fit is refused at once with :class:`~plmserve.errors.ServiceUnavailableError` (HTTP 503 with
   ``Retry-After``) before any work.
 * One **worker thread** per model forms each batch under a token budget (``toks_per_batch``,
-  padded positions counted as ``n_items x longest``): it takes units **round-robin between
-  principals** (users / API keys) and, within a principal, **round-robin between its requests**,
-  so a 1-item request joins the very next batch instead of waiting for a 10,000-item request to
-  finish. Units only share a batch when they ask for the same computation (same method and
+  padded positions counted as ``n_items x longest``, and at most about ``batch_target_s`` of
+  compute at the measured speed): it takes units **round-robin between principals** (users / API
+  keys) and, within a principal, from the request with the **least attained service** first
+  (fewest tokens computed so far), so a 1-item request joins the very next batch instead of
+  waiting for a 10,000-item request, or for twenty earlier requests, to finish. Units only share a batch when they ask for the same computation (same method and
   parameters). The engine sorts a batch by length and masks the padding, so batched outputs
   equal unbatched ones (to float rounding).
 * Results are split back per request, in the request's item order; the request's future
@@ -125,6 +126,7 @@ class ScheduledRequest:
     done_units: int = 0
     canceled: bool = False
     queued_at: float = field(default_factory=time.monotonic)
+    attained: int = 0  # padded tokens of this request already handed to batches
 
     @property
     def pending_units(self) -> int:
@@ -142,10 +144,16 @@ class ModelScheduler:
             unit forms a batch of its own.
         max_queue_items: units allowed to wait (all requests together); beyond it ``submit``
             raises :class:`ServiceUnavailableError` (503 with ``Retry-After``).
+        batch_target_s: when set, the token budget of a batch is also capped at what the model
+            computes in about this many seconds (measured tokens/s), so that a request arriving
+            while a batch runs waits at most about two batch durations (slow CPUs); a GPU fast
+            enough reaches ``toks_per_batch`` anyway.
     """
 
-    def __init__(self, slug: str, engine: Any, *, toks_per_batch: int = 4096, max_queue_items: int = 65536):
+    def __init__(self, slug: str, engine: Any, *, toks_per_batch: int = 4096, max_queue_items: int = 65536,
+                 batch_target_s: float | None = None):
         self.slug = slug
+        self.batch_target_s = batch_target_s
         self.engine = engine
         self.toks_per_batch = int(toks_per_batch)
         self.max_queue_items = int(max_queue_items)
@@ -245,6 +253,9 @@ class ModelScheduler:
         """Take units for one batch: round-robin over principals, and over each principal's
         requests, keeping one computation (method + params) per batch and the padded-token budget."""
         batch: list[tuple[ScheduledRequest, int]] = []
+        budget = self.toks_per_batch
+        if self.batch_target_s and self._tokens_per_s > 0:  # keep a batch near the latency target
+            budget = int(min(budget, max(1, self._tokens_per_s * self.batch_target_s)))
         key = None
         longest = 0
         full = False
@@ -254,22 +265,20 @@ class ModelScheduler:
                 reqs = self._principals.get(principal)
                 if not reqs:
                     continue
-                chosen = None
-                for _ in range(len(reqs)):
-                    r = reqs[0]
-                    reqs.rotate(-1)
-                    if key is None or r.key == key:
-                        chosen = r
-                        break
+                # least attained service first (then arrival order): a new or small request goes
+                # ahead of the rest of a long one
+                chosen = min((r for r in reqs if key is None or r.key == key),
+                             key=lambda r: (r.attained, r.queued_at), default=None)
                 if chosen is None:
                     continue
                 unit = chosen.units[chosen.next_unit]
                 new_longest = max(longest, unit.cost)
-                if batch and (len(batch) + 1) * new_longest > self.toks_per_batch:
+                if batch and (len(batch) + 1) * new_longest > budget:
                     full = True
                     break
                 batch.append((chosen, chosen.next_unit))
                 chosen.next_unit += 1
+                chosen.attained += unit.cost
                 self._queued_units -= 1
                 key, longest = chosen.key, new_longest
                 progress = True
@@ -379,7 +388,8 @@ def get_scheduler(app: Any, slug: str, engine: Any) -> ModelScheduler:
         settings = app.state.settings
         budget = int(getattr(engine, "toks_per_batch", None) or getattr(settings, "toks_per_batch", 4096))
         sched = ModelScheduler(slug, engine, toks_per_batch=budget,
-                               max_queue_items=int(getattr(settings, "max_queue_items", 65536)))
+                               max_queue_items=int(getattr(settings, "max_queue_items", 65536)),
+                               batch_target_s=getattr(settings, "batch_target_s", None))
         schedulers[slug] = sched
         return sched
 
