@@ -63,10 +63,18 @@ def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     comps = schema.setdefault("components", {}).setdefault("schemas", {})
     comps.setdefault("Error", ERROR_SCHEMA)
     ref = {"$ref": "#/components/schemas/Error"}
+    from plmserve.models.registry import list_models
+
+    esm2_slugs = [m.slug for m in list_models("esm2")]
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
+            if path.startswith("/api/v2/{slug}"):
+                for param in op.get("parameters", []):
+                    if param.get("name") == "slug" and param.get("in") == "path":
+                        param["schema"] = {"type": "string", "enum": esm2_slugs, "title": "Slug",
+                                           "description": "canonical slugs (aliases are accepted too)"}
             responses = op.setdefault("responses", {})
             for code in _statuses(path, method):
                 responses.setdefault(str(code), {"description": _DESCRIPTIONS[code],
