@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = 3  # runs of one job (first + re-runs after interruptions) before FAILURE
     keep_alive_s: int = 75  # HTTP keep-alive (> the 5 s polling of the official SDKs)
     shutdown_timeout_s: float = 30.0  # bounded drain of in-flight requests on SIGTERM
-    login_attempts_per_minute: int = 10  # per user name and per client address
+    login_attempts_per_minute: int = 10  # failed logins per user name and per client address (then 429)
 
     def resolved_database_url(self) -> str:
         """``database_url``, or the SQLite file ``<data_dir>/plmserve.db`` when it is not set."""

@@ -209,32 +209,45 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 class RateLimiter:
-    """Sliding one-minute windows of attempts per key (user name, client address)."""
+    """Sliding one-minute windows of failed attempts per key (user name, client address)."""
 
     def __init__(self, per_minute: int):
         self.per_minute = int(per_minute)
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def hit(self, key: str, now: float | None = None) -> int | None:
-        """Record an attempt; None when allowed, else the seconds until the next one is."""
+    def blocked(self, key: str, now: float | None = None) -> int | None:
+        """None when ``key`` is under the limit, else the seconds until it is again."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            q = self._hits[key]
+            q = self._hits.get(key)
+            if not q:
+                return None
             while q and now - q[0] >= 60.0:
                 q.popleft()
             if len(q) >= self.per_minute:
                 return max(1, int(math.ceil(60.0 - (now - q[0]))))
-            q.append(now)
-            if len(self._hits) > 100_000:  # bound the memory: forget idle keys
-                for k in [k for k, v in self._hits.items() if not v][:50_000]:
-                    del self._hits[k]
             return None
 
+    def hit(self, key: str, now: float | None = None) -> None:
+        """Record one (failed) attempt of ``key``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._hits) > 100_000:  # bound the memory: forget the oldest keys
+                for k in list(self._hits)[:50_000]:
+                    del self._hits[k]
+            q = self._hits[key]
+            while q and now - q[0] >= 60.0:
+                q.popleft()
+            q.append(now)
 
-async def login_rate_limit(request: Request) -> None:
-    """FastAPI dependency of the login routes: at most ``login_attempts_per_minute`` attempts per
-    user name and per client address; beyond, 429 with ``Retry-After``."""
+
+async def login_rate_limit(request: Request):
+    """FastAPI dependency (with ``yield``) of the login routes: after
+    ``login_attempts_per_minute`` failed attempts within a minute for a user name, or from a client
+    address, further attempts get 429 with ``Retry-After`` (before the password is checked)."""
+    from plmserve.errors import AuthenticationError
+
     settings = request.app.state.settings
     limiter: RateLimiter = request.app.state.login_limiter
     username = request.query_params.get("username")
@@ -243,16 +256,23 @@ async def login_rate_limit(request: Request) -> None:
         value = form.get("username")
         username = value if isinstance(value, str) else None
     client = request.client.host if request.client else "-"
-    for key, what in ((f"addr:{client}", f"address {client}"), (f"user:{username}", f"user '{username}'")):
-        if key == "user:None":
-            continue
-        wait = limiter.hit(key)
+    keys = [(f"addr:{client}", f"address {client}")]
+    if username is not None:
+        keys.append((f"user:{username}", f"user '{username}'"))
+    for key, what in keys:
+        wait = limiter.blocked(key)
         if wait is not None:
             metrics.LOGIN_REFUSALS.labels(key.split(":", 1)[0]).inc()
             raise LimitExceededError(
-                f"too many login attempts for {what}: at most {settings.login_attempts_per_minute} per minute "
-                f"(server setting PLMSERVE_LOGIN_ATTEMPTS_PER_MINUTE); retry in {wait} s",
+                f"too many failed login attempts for {what}: at most {settings.login_attempts_per_minute} per "
+                f"minute (server setting PLMSERVE_LOGIN_ATTEMPTS_PER_MINUTE); retry in {wait} s",
                 status_code=429, retry_after=wait)
+    try:
+        yield
+    except AuthenticationError:
+        for key, _ in keys:
+            limiter.hit(key)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------

@@ -455,7 +455,9 @@ async def run_batched(request: Any, slug: str, method: str, items: Sequence[Any]
         raise LimitExceededError(
             f"this request needs {len(units)} forward passes; at most {limit} per request (server setting "
             "PLMSERVE_MAX_FORWARD_PASSES; log_prob with the pseudo-log-likelihood costs one pass per residue)")
-    sched = get_scheduler(app, getattr(engine, "slug", slug) or slug, engine)
+    from plmserve.models.registry import get_spec
+
+    sched = get_scheduler(app, get_spec(slug, family).slug, engine)
     key = getattr(principal, "name", None) or (str(principal) if principal is not None else "anonymous")
     req = sched.submit(key, method, bm, units, len(items), params)
     fut = asyncio.wrap_future(req.future)
