@@ -132,6 +132,7 @@ def main() -> None:
 
     import tempfile
 
+    load_start = round(os.getloadavg()[0], 2)
     seqs = homologs()
     probe_seq = seqs[0][: args.probe_residues]
     port = free_port()
@@ -145,10 +146,13 @@ def main() -> None:
             idle_errors: list[int] = []
             probe(base, args.model, probe_seq, threading.Event(), idle, idle_errors, interval=0.2, count=10)
 
+            print(f"idle probe p50 {statistics.median(idle):.3f} s", file=sys.stderr, flush=True)
             single = Client(base, args.model, seqs, args.requests, seed=0)
             t0 = time.perf_counter()
             single.run()
             single_s = time.perf_counter() - t0
+            print(f"single client: {single.residues / single_s:.1f} residues/s, {single.errors} errors",
+                  file=sys.stderr, flush=True)
 
             clients = [Client(base, args.model, seqs, args.requests, seed=1 + i) for i in range(args.clients)]
             threads = [threading.Thread(target=c.run) for c in clients]
@@ -185,12 +189,14 @@ def main() -> None:
         "throughput_ratio": round(conc_rps / single_rps, 3),
         "single_client_p50_latency_s": round(statistics.median(single.latencies), 3),
         "concurrent_p50_latency_s": round(statistics.median([x for c in clients for x in c.latencies]), 3),
+        "concurrent_p95_latency_s": round(p95([x for c in clients for x in c.latencies]), 3),
+        "concurrent_max_latency_s": round(max(x for c in clients for x in c.latencies), 3),
         "probe_idle_p50_s": round(idle_p50, 4),
         "probe_loaded_p95_s": round(loaded_p95, 4),
         "probe_p95_over_idle": round(loaded_p95 / idle_p50, 2),
         "probes_loaded": len(loaded),
         "errors": errors,
-        "loadavg_1m_start_end": [round(os.getloadavg()[0], 2)],
+        "loadavg_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
     }))
 

@@ -157,3 +157,23 @@ def test_failed_batch_fails_its_requests_only():
         assert _fake_submit(sched, rec, "a", 3).future.result(timeout=10) == [("a", i) for i in range(3)]
     finally:
         sched.stop()
+
+
+def test_long_waiting_request_gains_priority():
+    rec = _Recorder()
+    sched = ModelScheduler("fake", object(), toks_per_batch=10, aging_after_s=0.2)  # one unit per batch
+    sched._tokens_per_s = 1e6  # a fast model: a second of extra waiting outweighs any attained service
+    try:
+        rec.gate.clear()
+        _fake_submit(sched, rec, "warmup", 1)
+        time.sleep(0.05)
+        old = _fake_submit(sched, rec, "p", 3, tag="old")
+        time.sleep(0.3)  # 'old' has waited past aging_after_s
+        new = _fake_submit(sched, rec, "p", 1, tag="new")
+        rec.gate.set()
+        old.future.result(timeout=30), new.future.result(timeout=30)
+        order = [b[0][0] for b in rec.batches[1:]]
+        # 'old' got its first unit (attained > 0) and still goes before the fresh request
+        assert order.index("new") > order.index("old") and order[:2] == ["old", "old"], order
+    finally:
+        sched.stop()

@@ -14,7 +14,8 @@ no code taken from either):
   compute at the measured speed): it takes units **round-robin between principals** (users / API
   keys) and, within a principal, from the request with the **least attained service** first
   (fewest tokens computed so far), so a 1-item request joins the very next batch instead of
-  waiting for a 10,000-item request, or for twenty earlier requests, to finish. Units only share a batch when they ask for the same computation (same method and
+  waiting for a 10,000-item request, or for twenty earlier requests, to finish; a request that has
+  waited longer than ``aging_after_s`` (30 s) gains priority, so long requests are not starved. Units only share a batch when they ask for the same computation (same method and
   parameters). The engine sorts a batch by length and masks the padding, so batched outputs
   equal unbatched ones (to float rounding).
 * Results are split back per request, in the request's item order; the request's future
@@ -148,11 +149,14 @@ class ModelScheduler:
             computes in about this many seconds (measured tokens/s), so that a request arriving
             while a batch runs waits at most about two batch durations (slow CPUs); a GPU fast
             enough reaches ``toks_per_batch`` anyway.
+        aging_after_s: a request that has waited longer than this gains priority over newer
+            ones (least attained service alone could starve a long request among many short ones).
     """
 
     def __init__(self, slug: str, engine: Any, *, toks_per_batch: int = 4096, max_queue_items: int = 65536,
-                 batch_target_s: float | None = None):
+                 batch_target_s: float | None = None, aging_after_s: float = 30.0):
         self.slug = slug
+        self.aging_after_s = float(aging_after_s)
         self.batch_target_s = batch_target_s
         self.engine = engine
         self.toks_per_batch = int(toks_per_batch)
@@ -259,6 +263,8 @@ class ModelScheduler:
         key = None
         longest = 0
         full = False
+        now = time.monotonic()
+        rate = max(self._tokens_per_s, 1.0)
         while not full:
             progress = False
             for principal in list(self._principals):
@@ -266,9 +272,11 @@ class ModelScheduler:
                 if not reqs:
                     continue
                 # least attained service first (then arrival order): a new or small request goes
-                # ahead of the rest of a long one
+                # ahead of the rest of a long one; a request waiting longer than aging_after_s is
+                # credited one second of model throughput per further second (no starvation)
                 chosen = min((r for r in reqs if key is None or r.key == key),
-                             key=lambda r: (r.attained, r.queued_at), default=None)
+                             key=lambda r: (r.attained - max(0.0, now - r.queued_at - self.aging_after_s) * rate,
+                                            r.queued_at), default=None)
                 if chosen is None:
                     continue
                 unit = chosen.units[chosen.next_unit]
