@@ -177,3 +177,29 @@ def test_long_waiting_request_gains_priority():
         assert order.index("new") > order.index("old") and order[:2] == ["old", "old"], order
     finally:
         sched.stop()
+
+
+def test_short_request_runs_beside_a_long_batch(engine):
+    """A short request is computed while a long batch holds the main worker (the express lane)."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(engine_, payloads, params):
+        started.set()
+        release.wait(30)
+        return list(payloads)
+
+    sched = ModelScheduler("tiny", engine, toks_per_batch=2048, express_max_tokens=64)
+    try:
+        long_req = sched.submit("bulk", "slow", BatchMethod(expand=lambda *a: [], run=slow),
+                                [Unit(500, 0, "x")], 1, {})
+        assert started.wait(10)
+        short = _submit(sched, "alice", "encode", ["MKTAYIAKQR"], include=["mean"], repr_layers=[-1])
+        out = short.future.result(timeout=30)  # while the long batch is still running
+        assert not long_req.future.done()
+        np.testing.assert_allclose(out[0]["mean_representations"][2],
+                                   engine.encode(["MKTAYIAKQR"])[0]["mean_representations"][2], atol=1e-5)
+        release.set()
+        assert long_req.future.result(timeout=30) == ["x"]
+    finally:
+        release.set()
+        sched.stop()

@@ -18,6 +18,9 @@ no code taken from either):
   waited longer than ``aging_after_s`` (30 s) gains priority, so long requests are not starved. Units only share a batch when they ask for the same computation (same method and
   parameters). The engine sorts a batch by length and masks the padding, so batched outputs
   equal unbatched ones (to float rounding).
+* Short requests (at most ``express_max_tokens`` padded tokens in all) take a second lane: a
+  second worker computes them beside the running batch (the engine allows two passes at once),
+  so a 50-residue request does not wait for a 4,000-token batch to finish.
 * Results are split back per request, in the request's item order; the request's future
   completes when its last unit is done. The event loop only awaits futures: it never runs or
   waits for a model.
@@ -151,12 +154,17 @@ class ModelScheduler:
             enough reaches ``toks_per_batch`` anyway.
         aging_after_s: a request that has waited longer than this gains priority over newer
             ones (least attained service alone could starve a long request among many short ones).
+        express_max_tokens: requests of at most this many padded tokens in total go to a second
+            worker (the short-request lane) that computes beside the running batch, so a short
+            request never waits for a long batch (0: no such lane).
     """
 
     def __init__(self, slug: str, engine: Any, *, toks_per_batch: int = 4096, max_queue_items: int = 65536,
-                 batch_target_s: float | None = None, aging_after_s: float = 30.0):
+                 batch_target_s: float | None = None, aging_after_s: float = 30.0, express_max_tokens: int = 0):
         self.slug = slug
         self.aging_after_s = float(aging_after_s)
+        self.express_max_tokens = int(express_max_tokens or 0)
+        self._express: deque[ScheduledRequest] = deque()
         self.batch_target_s = batch_target_s
         self.engine = engine
         self.toks_per_batch = int(toks_per_batch)
@@ -172,6 +180,11 @@ class ModelScheduler:
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name=f"plmserve-batcher-{slug}", daemon=True)
         self._thread.start()
+        self._express_thread = None
+        if self.express_max_tokens > 0:
+            self._express_thread = threading.Thread(target=self._express_loop, name=f"plmserve-express-{slug}",
+                                                    daemon=True)
+            self._express_thread.start()
 
     # ------------------------------------------------------------------ public
     @property
@@ -181,7 +194,8 @@ class ModelScheduler:
 
     def alive(self) -> bool:
         """Whether the worker thread runs."""
-        return self._thread.is_alive() and not self._stopping
+        return self._thread.is_alive() and not self._stopping and (
+            self._express_thread is None or self._express_thread.is_alive())
 
     def submit(self, principal: str, method_name: str, method: BatchMethod, units: list[Unit],
                n_items: int, params: dict) -> ScheduledRequest:
@@ -207,7 +221,10 @@ class ModelScheduler:
                     f"this request adds {len(req.units)}, the limit is {self.max_queue_items} "
                     "(server setting PLMSERVE_MAX_QUEUE_ITEMS); retry later",
                     retry_after=self._retry_after_locked(len(req.units)))
-            self._principals.setdefault(principal, deque()).append(req)
+            if self.express_max_tokens and sum(u.cost for u in req.units) <= self.express_max_tokens:
+                self._express.append(req)
+            else:
+                self._principals.setdefault(principal, deque()).append(req)
             self._queued_units += len(req.units)
             metrics.QUEUE_DEPTH.labels(self.slug).set(self._queued_units)
             self._cv.notify_all()
@@ -228,6 +245,8 @@ class ModelScheduler:
                 reqs.remove(req)
                 if not reqs:
                     del self._principals[req.principal]
+            if req in self._express:
+                self._express.remove(req)
             metrics.QUEUE_DEPTH.labels(self.slug).set(self._queued_units)
         req.future.cancel()
         metrics.MODEL_REQUESTS.labels(self.slug, req.method_name, "canceled").inc()
@@ -237,16 +256,47 @@ class ModelScheduler:
         """Refuse new work, fail every queued request (503) and end the worker after its batch."""
         with self._cv:
             self._stopping = True
-            pending = [r for reqs in self._principals.values() for r in reqs]
+            pending = [r for reqs in self._principals.values() for r in reqs] + list(self._express)
             self._principals.clear()
+            self._express.clear()
             self._queued_units = 0
             self._cv.notify_all()
         for r in pending:
             if not r.future.done():
                 r.future.set_exception(ServiceUnavailableError(f"model {self.slug} is shutting down", retry_after=5))
         self._thread.join(timeout)
+        if self._express_thread is not None:
+            self._express_thread.join(timeout)
 
     # ------------------------------------------------------------------ internals
+    def _express_loop(self) -> None:
+        """The short-request lane: FIFO batches of short requests (same computation), computed
+        beside the main worker's batch."""
+        while True:
+            with self._cv:
+                while not self._express and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                first = self._express[0]
+                batch: list[tuple[ScheduledRequest, int]] = []
+                tokens = 0
+                while self._express and self._express[0].key == first.key:
+                    r = self._express[0]
+                    cost = sum(u.cost for u in r.units[r.next_unit:])
+                    if batch and tokens + cost > self.toks_per_batch:
+                        break
+                    self._express.popleft()
+                    batch.extend((r, i) for i in range(r.next_unit, len(r.units)))
+                    self._queued_units -= r.pending_units
+                    r.next_unit = len(r.units)
+                    tokens += cost
+                metrics.QUEUE_DEPTH.labels(self.slug).set(self._queued_units)
+            try:
+                self._compute(batch)
+            except BaseException:  # never let the worker die
+                logger.exception("express worker of %s", self.slug)
+
     def _retry_after_locked(self, extra_units: int) -> int:
         if self._tokens_per_s <= 0:
             return 5
@@ -372,6 +422,8 @@ class ModelScheduler:
                 reqs.remove(r)
                 if not reqs:
                     del self._principals[r.principal]
+            if r in self._express:
+                self._express.remove(r)
         if not isinstance(exc, PlmserveError):
             logger.error("batch of %s failed: %s: %s", self.slug, type(exc).__name__, exc)
         metrics.MODEL_REQUESTS.labels(self.slug, r.method_name, "error").inc()
@@ -397,7 +449,8 @@ def get_scheduler(app: Any, slug: str, engine: Any) -> ModelScheduler:
         budget = int(getattr(engine, "toks_per_batch", None) or getattr(settings, "toks_per_batch", 4096))
         sched = ModelScheduler(slug, engine, toks_per_batch=budget,
                                max_queue_items=int(getattr(settings, "max_queue_items", 65536)),
-                               batch_target_s=getattr(settings, "batch_target_s", None))
+                               batch_target_s=getattr(settings, "batch_target_s", None),
+                               express_max_tokens=int(getattr(settings, "express_max_tokens", 0) or 0))
         schedulers[slug] = sched
         return sched
 

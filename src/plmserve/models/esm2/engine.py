@@ -252,7 +252,9 @@ class ESM2Engine:
         self.source = source
         self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
         self.has_contact_head = has_contact_head
-        self._lock = threading.Lock()
+        # up to two forward passes at once (the hook state is thread-local): the batching
+        # scheduler's short-request lane runs beside a long batch instead of waiting for it
+        self._lock = threading.BoundedSemaphore(2)
         self._install_hooks()
 
     # ---------------------------------------------------------------- constructors
