@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         "None: the memory available when the server starts")
     max_queue_items: int = 65536  # forward-pass items waiting per model (full -> 503 + Retry-After)
     max_forward_passes: int = 8192  # per request (PLL: one pass per residue)
-    batch_target_s: float | None = 0.5  # cap a batch at ~this much compute (latency of short requests)
+    batch_target_s: float | None = None  # optional cap: a batch of ~this much compute (seconds)
     express_max_tokens: int = 128  # requests this short (padded tokens) run beside the batch (0: off)
     max_body_bytes: int = 8 * 2**20  # JSON/other bodies, checked before parsing and before auth
     max_upload_bytes: int = 32 * 2**20  # multipart bodies (MSA, prompt, variant files)
