@@ -9,10 +9,9 @@ no code taken from either):
 * Units wait in a **bounded queue** per model (``Settings.max_queue_items``); a request that does
   not fit is refused at once with :class:`~plmserve.errors.ServiceUnavailableError` (HTTP 503 with
   ``Retry-After``) before any work.
-* One **worker thread** per model forms each batch under a token budget (``toks_per_batch``
-  tokens, optionally at most about ``batch_target_s`` of compute at the measured speed); the
-  engine sorts the batch by length and runs it in padded passes of at most ``toks_per_batch``
-  positions each, so mixed lengths waste little padding: it takes units **round-robin between principals** (users / API
+* One **worker thread** per model forms each batch under a token budget (``toks_per_batch``,
+  padded positions counted as ``n_items x longest``, and at most about ``batch_target_s`` of
+  compute at the measured speed): it takes units **round-robin between principals** (users / API
   keys) and, within a principal, from the request with the **least attained service** first
   (fewest tokens computed so far), so a 1-item request joins the very next batch instead of
   waiting for a 10,000-item request, or for twenty earlier requests, to finish; a request that has
@@ -145,8 +144,8 @@ class ModelScheduler:
     Args:
         slug: the model's public name (metrics label, thread name).
         engine: the loaded model object handed to :class:`BatchMethod` callables.
-        toks_per_batch: token budget of one batch (sum of the units' lengths incl. BOS/EOS); a
-            single longer unit forms a batch of its own.
+        toks_per_batch: padded-token budget of one batch (``n_items x longest``); a single longer
+            unit forms a batch of its own.
         max_queue_items: units allowed to wait (all requests together); beyond it ``submit``
             raises :class:`ServiceUnavailableError` (503 with ``Retry-After``).
         batch_target_s: when set, the token budget of a batch is also capped at what the model
@@ -312,7 +311,7 @@ class ModelScheduler:
         if self.batch_target_s and self._tokens_per_s > 0:  # keep a batch near the latency target
             budget = int(min(budget, max(1, self._tokens_per_s * self.batch_target_s)))
         key = None
-        tokens = 0
+        longest = 0
         full = False
         now = time.monotonic()
         rate = max(self._tokens_per_s, 1.0)
@@ -331,14 +330,15 @@ class ModelScheduler:
                 if chosen is None:
                     continue
                 unit = chosen.units[chosen.next_unit]
-                if batch and tokens + unit.cost > budget:
+                new_longest = max(longest, unit.cost)
+                if batch and (len(batch) + 1) * new_longest > budget:
                     full = True
                     break
                 batch.append((chosen, chosen.next_unit))
                 chosen.next_unit += 1
                 chosen.attained += unit.cost
                 self._queued_units -= 1
-                key, tokens = chosen.key, tokens + unit.cost
+                key, longest = chosen.key, new_longest
                 progress = True
                 if chosen.pending_units == 0:
                     reqs.remove(chosen)
