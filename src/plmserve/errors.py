@@ -16,6 +16,8 @@ class PlmserveError(Exception):
     """
 
     status_code: int = 400
+    #: extra HTTP response headers (e.g. ``Retry-After``); None for most errors.
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -102,3 +104,31 @@ class PermissionDeniedError(PlmserveError):
     """Valid credentials that do not allow the operation."""
 
     status_code = 403
+
+
+class LimitExceededError(PlmserveError):
+    """A request exceeds a server limit (items, residues, forward passes, positions, file size).
+
+    The message names the limit (its setting) and the value sent. ``status_code`` is 400 unless
+    given (413 for bodies and files that are too large, 429 for too many concurrent jobs).
+    """
+
+    status_code = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(int(retry_after))}
+
+
+class ServiceUnavailableError(PlmserveError):
+    """The server cannot take the work now (a model's queue is full, it is shutting down);
+    the response carries ``Retry-After`` (seconds)."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(int(retry_after))}

@@ -65,10 +65,29 @@ class Settings(BaseSettings):
     ray_job_num_cpus: float = 1.0  # Ray resources declared by every job task
     ray_job_num_gpus: float = 0.0  # per job that runs a model (PoET, embeddings); /align/ jobs: none
     ray_job_memory_mb: int | None = None  # Ray logical memory per job task (None: not declared)
-    job_max_attempts: int = 3  # a job is tried at most this often (worker deaths included)
+    job_max_attempts: int = 3  # runs of one job (first + re-runs after interruptions, worker deaths) before FAILURE
     model_replicas: dict[str, int] = Field(default_factory=dict)  # model pool: slug -> Ray actors
     ray_actor_num_cpus: float = 1.0  # resources of one model-pool actor
     ray_actor_num_gpus: float = 0.0
+    # --- serving engine: batching, limits, operations (issue 14) ---------------------
+    served_models: list[str] | None = Field(
+        default=None, description="model allowlist (--models esm2-8m,poet); None: the models whose weights "
+        "are present (every model with load_format=dummy)")
+    memory_budget_bytes: int | None = Field(
+        default=None, description="bytes resident models may take together (LRU eviction beyond); "
+        "None: the memory available when the server starts")
+    max_queue_items: int = 65536  # forward-pass items waiting per model (full -> 503 + Retry-After)
+    max_forward_passes: int = 8192  # per request (PLL: one pass per residue)
+    batch_target_s: float | None = None  # optional cap: a batch of ~this much compute (seconds)
+    express_max_tokens: int = 128  # requests this short (padded tokens) run beside the batch (0: off)
+    max_body_bytes: int = 8 * 2**20  # JSON/other bodies, checked before parsing and before auth
+    max_upload_bytes: int = 32 * 2**20  # multipart bodies (MSA, prompt, variant files)
+    poet_max_sequence_length: int = 4096  # residues per PoET sequence (variants, seeds, single-site)
+    poet_max_single_site_positions: int = 2048  # positions of a single-site scan (19 records each)
+    max_active_jobs_per_user: int = 64  # PENDING + RUNNING jobs per owner (beyond: 429)
+    keep_alive_s: int = 75  # HTTP keep-alive (> the 5 s polling of the official SDKs)
+    shutdown_timeout_s: float = 30.0  # bounded drain of in-flight requests on SIGTERM
+    login_attempts_per_minute: int = 10  # failed logins per user name and per client address (then 429)
 
     def resolved_database_url(self) -> str:
         """``database_url``, or the SQLite file ``<data_dir>/plmserve.db`` when it is not set."""

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, models: ModelManager | None = N
 
     @app.exception_handler(PlmserveError)
     async def _plmserve_error(request: Request, exc: PlmserveError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Token"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Token"} if exc.status_code == 401 else exc.headers
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)}, headers=headers)
 
     if settings.load_format == "dummy":
@@ -76,10 +76,9 @@ def create_app(settings: Settings | None = None, models: ModelManager | None = N
             response.headers["X-Plmserve-Warning"] = "random weights (load-format=dummy)"
             return response
 
-    @app.get("/health", tags=["meta"])
-    def health() -> dict:
-        return {"status": "ok", "version": __version__, "load_format": settings.load_format,
-                "models_loaded": app.state.models.loaded()}
+    from plmserve.serving import ops
+
+    ops.install(app)  # request ids, limits, access logs, metrics, /health, /ready, /metrics
 
     for name in CONTRACTS:  # every contract exists: a failing import is an error, never skipped
         importlib.import_module(f"plmserve.api.{name}").include(app)

@@ -83,12 +83,23 @@ def parse_authorization(header: str | None) -> str | None:
 
 
 def require_principal(request: Request) -> Principal:
-    """FastAPI dependency: the authenticated caller, or a 401 ``AuthenticationError``."""
+    """FastAPI dependency: the authenticated caller, or a 401 ``AuthenticationError``.
+
+    The caller is also kept in ``request.state.principal`` (access logs, fairness keys)."""
+    principal = _resolve_principal(request)
+    request.state.principal = principal
+    return principal
+
+
+def _resolve_principal(request: Request) -> Principal:
     settings = request.app.state.settings
     token = parse_authorization(request.headers.get("authorization"))
     if token is not None:
         for key in settings.api_keys:
             if hmac.compare_digest(token.encode(), key.encode()):
+                from plmserve.serving.ops import key_label
+
+                request.state.principal_log = key_label(key)
                 return Principal(name=f"key:{key[:4]}…", kind="key")
         for validator in request.app.state.token_validators:
             principal = validator(request, token)

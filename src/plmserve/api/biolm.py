@@ -15,7 +15,9 @@ variant effect scores, the ESM-1v / ProteinGym zero-shot method).
 This module is a thin adapter: the numbers come from the ESM-2 engine
 (``plmserve.models.esm2``); here live the wire schema, the request limits and the conversion of
 numpy arrays to BioLM's JSON (layer keys as strings, float32 values as JSON numbers).
-Model calls run in a worker thread so the event loop keeps serving other requests.
+encode, predict and log_prob go through the model's batching scheduler
+(:func:`plmserve.serving.scheduler.run_batched`): requests of all clients share forward passes,
+fairly, and the event loop never waits for a model.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from plmserve.api.auth import Principal, require_principal
 from plmserve.errors import InvalidInputError, InvalidParameterError
 from plmserve.models.registry import get_spec
+from plmserve.serving.scheduler import run_batched
 
 #: Outputs of ``encode`` a caller may ask for in ``params.include`` (BioLM's names).
 ENCODE_INCLUDE: tuple[str, ...] = ("mean", "per_token", "bos", "contacts", "logits", "attentions")
@@ -318,8 +321,10 @@ async def encode(slug: str, body: EncodeRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
 
+    outs = await run_batched(request, slug, "encode", seqs, principal=principal, include=list(include),
+                             repr_layers=list(layers))
+
     def build() -> dict:
-        outs = engine.encode(seqs, include=tuple(include), repr_layers=tuple(layers))
         return {"results": [encode_result_json(i, out, include) for i, out in enumerate(outs)]}
 
     return await _run_json(engine, build)
@@ -336,8 +341,9 @@ async def predict(slug: str, body: PredictRequest, request: Request,
     check_total_residues(seqs, settings)
     alphabet = list(engine.alphabet_tokens)
 
+    outs = await run_batched(request, slug, "predict", seqs, principal=principal)
+
     def build() -> dict:
-        outs = engine.predict(seqs)
         return {"results": [{"logits": _floats(o["logits"]), "sequence_tokens": list(o["sequence_tokens"]),
                              "alphabet_tokens": alphabet} for o in outs]}
 
@@ -353,8 +359,8 @@ async def log_prob(slug: str, body: LogProbRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
     method = (body.params or LogProbParams()).method
-    return await _run_json(
-        engine, lambda: {"results": [{"log_prob": float(v)} for v in engine.log_prob(seqs, method=method)]})
+    values = await run_batched(request, slug, "log_prob", seqs, principal=principal, method=method)
+    return await _run_json(engine, lambda: {"results": [{"log_prob": float(v)} for v in values]})
 
 
 async def score_variants(slug: str, body: ScoreVariantsRequest, request: Request,

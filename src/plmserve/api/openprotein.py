@@ -52,6 +52,8 @@ from plmserve.errors import (
 )
 from plmserve.jobs import poet as pj
 from plmserve.jobs.store import FAILURE, SUCCESS, JobRecord, JobStore, user_owner
+from plmserve.serving.limits import job_limits
+from plmserve.serving.ops import login_rate_limit
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +225,8 @@ def _poet_job(store: JobStore, job_id: str, owner: str, types: set[str] | frozen
 
 
 # ---------------------------------------------------------------------- routers
-public = APIRouter(tags=["openprotein"])
-router = APIRouter(tags=["openprotein"])
+public = APIRouter(tags=["openprotein"], dependencies=[Depends(login_rate_limit)])
+router = APIRouter(tags=["openprotein"], dependencies=[Depends(job_limits)])  # limits before any work
 
 
 @public.post("/login/user-access-token")

@@ -250,5 +250,23 @@ def register(app: typer.Typer) -> None:
                 store.close()
         console.print(f"job {job_id}: {status}", highlight=False)
 
+    @jobs_app.command("prune")
+    @cli_errors
+    def jobs_prune(
+        older_than: str = typer.Option(..., "--older-than", help="age such as 30d, 12h, 90m (finished jobs only)"),
+        database_url: Optional[str] = _DB,
+        data_dir: Optional[Path] = _DATA,
+    ) -> None:
+        """Delete finished jobs (SUCCESS, FAILURE, CANCELED) older than --older-than, with their results."""
+        from plmserve.serving.limits import parse_age
+
+        age = parse_age(older_than)
+        store = open_store(database_url, data_dir)
+        try:
+            n = store.prune(age)
+        finally:
+            store.close()
+        console.print(f"deleted {n} job(s) finished more than {older_than} ago", highlight=False)
+
     app.add_typer(users_app, name="users")
     app.add_typer(jobs_app, name="jobs")

@@ -26,6 +26,8 @@ def build_settings(
     model_dir: Path | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
+    models: str | None = None,
+    shutdown_timeout: float | None = None,
 ):
     """Settings from the environment with the given flags on top, checked for safe auth.
 
@@ -45,7 +47,14 @@ def build_settings(
         model_dir=model_dir,
         executor=executor,
         ray_address=ray_address,
+        served_models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        shutdown_timeout_s=shutdown_timeout,
     )
+    if settings.served_models:  # unknown names fail at start, not on the first request
+        from plmserve.models.registry import get_spec
+
+        for name in settings.served_models:
+            get_spec(name)
     check_auth_config(settings, has_users=bool(not settings.no_auth and not settings.api_keys and _has_users(settings)))
     return settings
 
@@ -148,6 +157,11 @@ def log_config() -> dict:
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
     cfg["loggers"]["plmserve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # every line: UTC timestamp, level, logger, request id (operations, issue 14)
+    cfg["filters"] = {"request_id": {"()": "plmserve.serving.ops.RequestIdFilter"}}
+    cfg["formatters"]["default"]["fmt"] = "%(asctime)s %(levelprefix)s [%(request_id)s] %(name)s: %(message)s"
+    cfg["formatters"]["default"]["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"
+    cfg["handlers"]["default"]["filters"] = ["request_id"]
     return cfg
 
 
@@ -174,6 +188,11 @@ def register(app: typer.Typer) -> None:
             None, "--executor", help="where jobs run: inprocess (default) or ray (docs/deploy.md; env PLMSERVE_EXECUTOR)"),
         ray_address: Optional[str] = typer.Option(
             None, "--ray-address", help="with --executor ray: auto, or HOST:PORT of a Ray head (default: a local Ray)"),
+        models: Optional[str] = typer.Option(
+            None, "--models", help="comma-separated allowlist of served models, e.g. esm2-8m,poet (default: the "
+            "models whose weights are present; every model with --load-format dummy) [env PLMSERVE_SERVED_MODELS]"),
+        shutdown_timeout: Optional[float] = typer.Option(
+            None, "--shutdown-timeout", help="seconds to drain in-flight requests on SIGTERM/Ctrl-C (default 30)"),
     ) -> None:
         """Serve the BioLM-, Forge- and OpenProtein-compatible HTTP APIs (OpenAPI docs at /docs)."""
         if load_format is not None and load_format not in ("auto", "dummy"):
@@ -184,7 +203,8 @@ def register(app: typer.Typer) -> None:
             from plmserve.errors import InvalidParameterError
 
             raise InvalidParameterError(f"--executor must be 'inprocess' or 'ray', not '{executor}'")
-        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir, executor, ray_address)
+        settings = build_settings(host, port, load_format, no_auth, api_key, model_dir, executor, ray_address,
+                                  models, shutdown_timeout)
         if settings.executor == "ray":  # issue 11: connect and check the store is reachable before serving
             from plmserve.jobs.ray_executor import connect
 
@@ -201,4 +221,6 @@ def register(app: typer.Typer) -> None:
             f"load-format: {settings.load_format}", highlight=False, soft_wrap=True)
         # load-format=dummy: create_app logged the RANDOM-weights warning once already
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level,
-                    log_config=log_config())
+                    log_config=log_config(), access_log=False,  # plmserve.access logs each request
+                    timeout_keep_alive=settings.keep_alive_s,
+                    timeout_graceful_shutdown=settings.shutdown_timeout_s)

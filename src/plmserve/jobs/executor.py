@@ -90,6 +90,18 @@ class JobContext:
 Handler = Callable[[JobContext], JobOutput]
 
 
+def attempts_exhausted(store: JobStore, job: Any, max_attempts: int | None) -> bool:
+    """Fail ``job`` (and return True) when it already ran ``max_attempts`` times (each run that
+    was interrupted by a shut-down or a crash counts); the failure message says why."""
+    if not max_attempts or (job.attempts or 0) < max_attempts:
+        return False
+    last = f"; last run: {job.progress_message}" if job.progress_message else ""
+    store.fail(job.job_id, f"gave up after {job.attempts} attempts (at most {max_attempts}, server setting "
+                           f"PLMSERVE_JOB_MAX_ATTEMPTS){last}")
+    logger.warning("job %s failed: %d attempts", job.job_id, job.attempts)
+    return True
+
+
 class Executor(ABC):
     """Runs the PENDING jobs of a store. Implementations: :class:`InProcessExecutor`."""
 
@@ -134,9 +146,10 @@ class InProcessExecutor(Executor):
     """
 
     def __init__(self, store: JobStore, handlers: Mapping[str, Handler], *, workers: int = 1,
-                 resources: Any = None):
+                 resources: Any = None, max_attempts: int | None = 3):
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        self.max_attempts = max_attempts  # runs of one job before FAILURE (None: unlimited)
         self.store = store
         self.handlers = dict(handlers)
         self.workers = workers
@@ -275,6 +288,9 @@ class InProcessExecutor(Executor):
         handler = self.handlers.get(job.job_type)
         if handler is None:
             self.store.fail(job_id, f"this server has no worker for job type {job.job_type!r}")
+            self._release_waiters(job_id)
+            return
+        if attempts_exhausted(self.store, job, self.max_attempts):
             self._release_waiters(job_id)
             return
         running = self.store.claim(job_id)

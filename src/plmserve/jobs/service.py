@@ -47,7 +47,8 @@ class JobService:
             handlers = dict(poet_handlers())
             handlers.update(extra_handlers or {})
             executor = InProcessExecutor(self.store, handlers, workers=max(1, int(getattr(settings, "workers", 1))),
-                                         resources=PoetResources(settings, models))
+                                         resources=PoetResources(settings, models),
+                                         max_attempts=int(getattr(settings, "job_max_attempts", 3) or 0) or None)
         self.executor = executor
         self._lock = threading.Lock()
         self._started = False

@@ -473,7 +473,7 @@ class JobStore:
                 update(Job)
                 .where(Job.job_id == job_id, Job.status == PENDING)
                 .values(status=RUNNING, start_date=now, end_date=None, progress_counter=0,
-                        failure_message=None, attempts=Job.attempts + 1)
+                        failure_message=None, progress_message=None, attempts=Job.attempts + 1)
             )
             s.commit()
             if res.rowcount != 1:
@@ -579,6 +579,22 @@ class JobStore:
             )
             s.commit()
             return res.rowcount == 1
+
+    def prune(self, older_than: timedelta, statuses: tuple[str, ...] = (SUCCESS, FAILURE, CANCELED)) -> int:
+        """Delete finished jobs (``statuses``) that ended (or, without an end date, were created)
+        more than ``older_than`` ago, with their stored results; returns how many were deleted.
+        Unfinished jobs are never deleted."""
+        cutoff = utcnow() - older_than
+        with self._session() as s:
+            ids = list(s.scalars(select(Job.job_id).where(
+                Job.status.in_(list(statuses)),
+                func.coalesce(Job.end_date, Job.created_date) < cutoff)))
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk: chunk + 500]
+                s.execute(delete(JobArtifact).where(JobArtifact.job_id.in_(part)))
+                s.execute(delete(Job).where(Job.job_id.in_(part)))
+            s.commit()
+        return len(ids)
 
     # ------------------------------------------------------------------ artifacts
     def put_artifact(self, job_id: str, name: str, content: bytes) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,19 +223,108 @@ def check_memory(spec: ModelSpec, settings: Any) -> None:
     )
 
 
+def weights_present(spec: ModelSpec, settings: Any) -> bool:
+    """Whether the weights of ``spec`` are on this machine (model directory, official file or the
+    Hugging Face cache), without loading or downloading anything."""
+    from pathlib import Path
+
+    if spec.family == "esm2":
+        try:
+            from plmserve.models.esm2 import find_local_weights
+
+            return find_local_weights(spec, settings) is not None
+        except Exception:  # an unreadable folder counts as present: loading reports the error
+            return True
+    model_dir = getattr(settings, "model_dir", None)
+    if model_dir:
+        root = Path(model_dir).expanduser()
+        for name in spec.official_files:
+            if (root / name).is_file() or (root / spec.slug / name).is_file():
+                return True
+        if (root / spec.slug).is_dir() and any((root / spec.slug).iterdir()):
+            return True
+    repos = ([spec.hf_repo] if spec.hf_repo else []) + list((spec.config or {}).get("alt_hf_repos", ()))
+    for repo in repos:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(repo, local_files_only=True))
+            if any(path.iterdir()):
+                return True
+        except Exception:
+            continue
+    return False
+
+
+def model_nbytes(model: Any) -> int | None:
+    """Bytes of the parameters and buffers of a loaded model (a ``torch.nn.Module`` or an object
+    with a ``.model`` module), or None when it has none."""
+    try:
+        import torch
+    except Exception:  # pragma: no cover
+        return None
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
+
+
 class ModelManager:
-    """Loads models lazily on first use and keeps them resident (one instance per slug).
+    """Loads models lazily on first use and keeps them resident (one instance per slug), within
+    an allowlist and a memory budget.
 
     Family packages provide ``load(spec, settings) -> model`` in ``plmserve.models.<family>``.
     Loading is serialised per slug; a failed load is not cached (the next call retries) and its
     error is re-raised as a :class:`PlmserveError` (503 over HTTP).
+
+    * **Allowlist** (``settings.served_models``): other models are refused with 404. Without one,
+      every registered model may be served; on a server (``allow_download = False``) only from
+      weights already on the machine (loading runs offline: nothing is downloaded).
+    * **Memory budget** (``settings.memory_budget_bytes``, and in any case the memory available on
+      the machine for CPU models): loading a model that does not fit evicts the least recently
+      used idle models first; a model that still cannot fit is refused with 503 naming the sizes.
     """
 
     def __init__(self, settings: Any):
         self.settings = settings
         self._models: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._guard = threading.RLock()
+        self._last_used: dict[str, float] = {}
+        self._sizes: dict[str, int] = {}
+        #: callables ``(slug) -> bool``: True while the model is in use (not evictable)
+        self.busy_checks: list[Any] = []
+        #: callables ``(slug, model)`` run after a model was evicted
+        self.on_evict: list[Any] = []
+        #: False on servers (set by :func:`plmserve.serving.ops.install`): without an allowlist,
+        #: only weights already present are loaded (nothing is downloaded on a client's request)
+        self.allow_download = True
+
+    # ------------------------------------------------------------------ allowlist
+    def allowlist(self) -> list[str] | None:
+        """Slugs of ``settings.served_models`` (aliases resolved), or None when unset."""
+        names = getattr(self.settings, "served_models", None)
+        if not names:
+            return None
+        return [get_spec(n).slug for n in names]
+
+    def is_allowed(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` may be loaded (see the class docstring; weights presence is checked
+        at load time)."""
+        allowed = self.allowlist()
+        return allowed is None or spec.slug in allowed or spec.slug in self._models
+
+    def loadable(self) -> list[str]:
+        """Slugs that are loaded or could be loaded now: the allowlist (every model with
+        ``load_format="dummy"``), or without one the models whose weights are present."""
+        allowed = self.allowlist()
+        candidates = [get_spec(s) for s in allowed] if allowed is not None else list(ALL_MODELS)
+        out = []
+        for spec in candidates:
+            if spec.slug in self._models or getattr(self.settings, "load_format", "auto") == "dummy" \
+                    or weights_present(spec, self.settings):
+                out.append(spec.slug)
+        return out
 
     def loaded(self) -> list[str]:
         """Slugs of the models loaded so far."""
@@ -243,25 +333,104 @@ class ModelManager:
     def put(self, slug: str, model: Any) -> None:
         """Install an already built model under ``slug`` (tests, notebooks)."""
         self._models[slug] = model
+        self._last_used[slug] = time.monotonic()
+        size = model_nbytes(model)
+        if size is not None:
+            self._sizes[slug] = size
+
+    # ------------------------------------------------------------------ memory
+    def used_bytes(self) -> int:
+        """Bytes taken by the resident models (measured after loading)."""
+        return sum(self._sizes.get(s, 0) for s in self._models)
+
+    def _busy(self, slug: str) -> bool:
+        return any(check(slug) for check in self.busy_checks)
+
+    def evict(self, slug: str) -> bool:
+        """Drop a resident model (its memory is freed once no request holds it); False if absent."""
+        with self._guard:
+            model = self._models.pop(slug, None)
+            self._sizes.pop(slug, None)
+            self._last_used.pop(slug, None)
+        if model is None:
+            return False
+        logger.info("model %s evicted (least recently used) to make room", slug)
+        for hook in self.on_evict:
+            try:
+                hook(slug, model)
+            except Exception:  # pragma: no cover - a hook must not block eviction
+                logger.exception("eviction hook for %s", slug)
+        import gc
+
+        gc.collect()
+        return True
+
+    def _evict_one(self, keep: str) -> bool:
+        idle = [s for s in sorted(self._models, key=lambda s: self._last_used.get(s, 0.0))
+                if s != keep and not self._busy(s)]
+        return self.evict(idle[0]) if idle else False
+
+    def _make_room(self, spec: ModelSpec) -> None:
+        need = estimated_bytes(spec)
+        budget = getattr(self.settings, "memory_budget_bytes", None)
+        if budget is not None and need is not None:
+            if need > budget:
+                raise ModelLoadError(
+                    f"model '{spec.slug}' needs about {need / 2**30:.2f} GiB, more than the memory budget of "
+                    f"{budget / 2**30:.2f} GiB (server setting PLMSERVE_MEMORY_BUDGET_BYTES)")
+            while self.used_bytes() + need > budget and self._evict_one(spec.slug):
+                pass
+            if self.used_bytes() + need > budget:
+                raise ModelLoadError(
+                    f"model '{spec.slug}' needs about {need / 2**30:.2f} GiB; {self.used_bytes() / 2**30:.2f} GiB of "
+                    f"the {budget / 2**30:.2f} GiB memory budget is taken by models in use "
+                    f"({', '.join(self._models)}); retry later")
+        while True:
+            try:
+                check_memory(spec, self.settings)
+                return
+            except ModelLoadError:
+                if not self._evict_one(spec.slug):
+                    raise
+
+    # ------------------------------------------------------------------ loading
+    def _load_settings(self) -> Any:
+        """The settings handed to the family loader: offline unless an allowlist names models
+        explicitly (without one, only weights already present are served)."""
+        if self.allow_download or self.allowlist() is not None or getattr(self.settings, "offline", False):
+            return self.settings
+        try:
+            return self.settings.model_copy(update={"offline": True})
+        except AttributeError:  # a plain namespace (tests)
+            return self.settings
 
     def get(self, name: str, family: str | None = None) -> Any:
         """The model named ``name`` (slug or alias), loaded on first use and then kept resident.
 
         Raises:
-            ModelNotFoundError: unknown name (404); WeightsNotFoundError / ModelLoadError (503).
+            ModelNotFoundError: unknown name, or a model outside the allowlist (404).
+            WeightsNotFoundError / ModelLoadError: no weights, unusable weights, or no room in the
+                memory budget even after evicting idle models (503, with the sizes).
         """
         spec = get_spec(name, family)
         if spec.slug in self._models:
+            self._last_used[spec.slug] = time.monotonic()
             return self._models[spec.slug]
+        if not self.is_allowed(spec):
+            raise ModelNotFoundError(
+                f"model '{spec.slug}' is not served by this server; served models: "
+                f"{', '.join(self.allowlist() or [])} (server option --models / PLMSERVE_SERVED_MODELS)")
         with self._guard:
             lock = self._locks.setdefault(spec.slug, threading.Lock())
         with lock:
             if spec.slug in self._models:
+                self._last_used[spec.slug] = time.monotonic()
                 return self._models[spec.slug]
             family_mod = importlib.import_module(f"plmserve.models.{spec.family}")
-            check_memory(spec, self.settings)
+            with self._guard:
+                self._make_room(spec)
             try:
-                model = family_mod.load(spec, self.settings)
+                model = family_mod.load(spec, self._load_settings())
             except PlmserveError:
                 raise
             except MemoryError as exc:
@@ -269,5 +438,9 @@ class ModelManager:
             except Exception as exc:  # a corrupt file, a shape mismatch ... -> 503 with the reason
                 logger.exception("loading %s failed", spec.slug)
                 raise ModelLoadError(f"model '{spec.slug}' could not be loaded: {exc}") from exc
-            self._models[spec.slug] = model
+            with self._guard:
+                self._models[spec.slug] = model
+                self._last_used[spec.slug] = time.monotonic()
+                size = model_nbytes(model)
+                self._sizes[spec.slug] = size if size is not None else (estimated_bytes(spec) or 0)
             return model

@@ -163,7 +163,9 @@ class ESM2Engine:
         self.source = source
         self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
         self.has_contact_head = has_contact_head
-        self._lock = threading.Lock()
+        # up to two forward passes at once (the hook state is thread-local): the batching
+        # scheduler's short-request lane runs beside a long batch instead of waiting for it
+        self._lock = threading.BoundedSemaphore(2)
         self._install_hooks()
 
     # ---------------------------------------------------------------- constructors
@@ -593,6 +595,19 @@ class ESM2Engine:
 
         self._run(work)
         return out  # type: ignore[return-value]
+
+    def masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
+        """Public form of the masked pass used by ``pll`` and ``masked_marginals`` (for schedulers
+        that batch the L passes of a pseudo-log-likelihood across requests).
+
+        Args:
+            jobs: ``(residue_ids int64[L], positions)``: the 0-based positions masked together.
+
+        Returns:
+            Per job, float64 ``[len(positions), 33]``: ``log_softmax`` over the full vocabulary at
+            the masked positions (column = token id).
+        """
+        return self._masked_log_probs(jobs)
 
     def log_prob(self, sequences: Sequence[str], method: str = "pll") -> list[float]:
         """Log-likelihood of each sequence (natural log), standard residues only.

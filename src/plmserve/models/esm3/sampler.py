@@ -74,6 +74,9 @@ __all__ = [
 SCHEDULES = ("cosine", "linear")
 STRATEGIES = ("random", "entropy")
 MAX_NUM_STEPS = 100
+#: Highest accepted temperature: the annealed temperature is squared, and far beyond ~100 the
+#: distribution is uniform anyway; 1e200 would overflow to inf (and NaN probabilities).
+MAX_TEMPERATURE = 1e4
 P_NONE_THRESHOLD = 0.05
 
 #: tracks whose ids are single tokens per position (function is [N, 8])
@@ -453,8 +456,10 @@ class GenerationConfig:
             raise InvalidParameterError(f"num_steps must be in [1, {MAX_NUM_STEPS}], got {self.num_steps}")
         if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
             raise InvalidParameterError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise InvalidParameterError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise InvalidParameterError(
+                f"temperature must be a finite number in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         for i, tok in enumerate(self.invalid_ids):
             if isinstance(tok, bool) or not isinstance(tok, int):
                 raise InvalidParameterError(f"invalid_ids[{i}]: expected an integer token id, got {tok!r}")
