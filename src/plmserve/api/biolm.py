@@ -302,6 +302,19 @@ async def _get_engine(request: Request, slug: str) -> Any:
     return await run_in_threadpool(models.get, slug, "esm2")
 
 
+async def _compute(request: Request, slug: str, engine: Any, method: str, seqs: list[str], *,
+                   principal: Principal, **params: Any) -> list[Any]:
+    """``engine.<method>(seqs, **params)``, one result per sequence in order: on the Ray model pool
+    when the model has replicas (``engine`` is then a :class:`~plmserve.cluster.model_pool.RemoteEngine`;
+    each replica batches the request itself), otherwise through the in-process batching scheduler
+    shared by every client (:func:`~plmserve.serving.scheduler.run_batched`)."""
+    from plmserve.cluster.model_pool import RemoteEngine
+
+    if isinstance(engine, RemoteEngine):
+        return await run_in_threadpool(getattr(engine, method), seqs, **params)
+    return await run_batched(request, slug, method, seqs, principal=principal, **params)
+
+
 router = APIRouter(tags=["BioLM ESM-2"])
 
 _SLUG_DOC = "Model slug: esm2-8m, esm2-35m, esm2-150m, esm2-650m, esm2-3b, esm2-15b (case-insensitive)"
@@ -321,7 +334,7 @@ async def encode(slug: str, body: EncodeRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
 
-    outs = await run_batched(request, slug, "encode", seqs, principal=principal, include=list(include),
+    outs = await _compute(request, slug, engine, "encode", seqs, principal=principal, include=list(include),
                              repr_layers=list(layers))
 
     def build() -> dict:
@@ -341,7 +354,7 @@ async def predict(slug: str, body: PredictRequest, request: Request,
     check_total_residues(seqs, settings)
     alphabet = list(engine.alphabet_tokens)
 
-    outs = await run_batched(request, slug, "predict", seqs, principal=principal)
+    outs = await _compute(request, slug, engine, "predict", seqs, principal=principal)
 
     def build() -> dict:
         return {"results": [{"logits": _floats(o["logits"]), "sequence_tokens": list(o["sequence_tokens"]),
@@ -359,7 +372,7 @@ async def log_prob(slug: str, body: LogProbRequest, request: Request,
     seqs = engine.validate([it.sequence for it in body.items], allow_mask=False)
     check_total_residues(seqs, settings)
     method = (body.params or LogProbParams()).method
-    values = await run_batched(request, slug, "log_prob", seqs, principal=principal, method=method)
+    values = await _compute(request, slug, engine, "log_prob", seqs, principal=principal, method=method)
     return await _run_json(engine, lambda: {"results": [{"log_prob": float(v)} for v in values]})
 
 
