@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from plmserve.api.app import create_app
 from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.models.esmc._fixture import close, engine, expected, inputs
+from tests.models.esmc._fixture import close, engine, expected, fixture_path, inputs
 
 API = "/api/v1"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -24,13 +24,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 @pytest.fixture
 def client(tmp_path):
+    # the fixture's transformers-layout folder where a user keeps esmc-300m: the server loads it
+    # with its own loader on the first job (the reference below is the official .pth layout)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "esmc-300m").symlink_to(fixture_path("hf"), target_is_directory=True)
     settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], model_dir=tmp_path / "models",
                         device="cpu", dtype="float32", offline=True)
     store = JobStore(settings.resolved_database_url())
     store.add_user("alice", "alice-password")
     store.close()
     app = create_app(settings)
-    app.state.models.put("esmc-300m", engine())  # the fixture model under the 300M slug
     with TestClient(app) as c:
         r = c.post(f"{API}/auth/login", data={"username": "alice", "password": "alice-password"})
         assert r.status_code == 200, r.text
@@ -66,6 +69,7 @@ def test_esmc_models_listed_with_metadata(client):
     assert (small["dimension"], large["dimension"]) == (960, 1152)
     assert small["output_types"] == ["embed", "logits"] == large["output_types"]
     assert small["output_tokens"] == list("ACDEFGHIKLMNPQRSTVWY") == engine().alphabet_tokens
+    # registry sizes, not the loaded model's (listing loads nothing)
     assert small["max_sequence_length"] == 16384 and small["description"]["citation_title"]
     assert "NON-COMMERCIAL" in large["description"]["summary"]
     assert "NON-COMMERCIAL" not in small["description"]["summary"]
@@ -104,3 +108,11 @@ def test_esmc_bad_requests_are_4xx(client):
     r = client.post(f"{API}/embeddings/models/esmc-300m/logits", json={"sequences": ["MKT"], "prompt_id": "p"})
     assert r.status_code == 400 and "takes no prompt" in r.json()["detail"]
     assert client.get(f"{API}/embeddings/models/esmc-6b").status_code == 404
+    # weights absent (offline, nothing in the model folder): the job fails with the loader's message
+    r = client.post(f"{API}/embeddings/models/esmc-600m/embed", json={"sequences": ["MKT"]})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 60
+    while (job := client.get(f"{API}/jobs/{r.json()['job_id']}").json())["status"] not in ("SUCCESS", "FAILURE"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert job["status"] == "FAILURE" and "esmc-600m" in job["failure_message"]
