@@ -116,3 +116,30 @@ def test_esmc_bad_requests_are_4xx(client):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert job["status"] == "FAILURE" and "esmc-600m" in job["failure_message"]
+
+
+def test_plmserve_client_embeds_with_esmc(tmp_path):
+    """``plmserve.client``'s 0.17 surface reaches ESM C as ``session.embedding.esmc_300m``."""
+    import plmserve.client as pc
+    from tests.client.support import LiveServer
+
+    settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], device="cpu", dtype="float32",
+                        offline=True)
+    store = JobStore(settings.resolved_database_url())
+    store.add_user("alice", "alice-password")
+    store.close()
+    app = create_app(settings)
+    app.state.models.put("esmc-300m", engine())  # the official-layout fixture, installed directly
+    with LiveServer(app) as srv:
+        session = pc.connect(srv.url, "alice", "alice-password", poll_interval=0.05)
+        try:
+            esmc = session.embedding.esmc_300m
+            assert esmc is session.embedding.get_model("esmc-300m") and esmc.metadata.dimension == 960
+            ((seq, mean),) = esmc.embed(["ACDEF"]).wait(timeout=60)  # MEAN by default
+            assert seq in (b"ACDEF", "ACDEF")
+            assert close(mean, expected()["embeddings_5"][1:-1].mean(axis=0))
+            ((_, logits),) = esmc.logits(["ACDEF"]).wait(timeout=60)
+            np.testing.assert_allclose(logits, engine().encode(["ACDEF"], include=["logits"])[0]["logits"],
+                                       rtol=1e-6, atol=1e-6)
+        finally:
+            session.close()
