@@ -204,11 +204,12 @@ def _poet_metadata(models) -> dict[str, Any]:
 
 
 _ESM_FAMILIES = ("esm2", "esmc")
+_ESMC_TITLE = "ESM Cambrian: Revealing the mysteries of proteins with unsupervised learning (EvolutionaryScale, " \
+              "2024-12-04)"
 _ESM_CITATIONS = {
     "esm2": ("Evolutionary-scale prediction of atomic-level protein structure with a language model",
              "10.1126/science.ade2574"),
-    "esmc": ("ESM Cambrian: Revealing the mysteries of proteins with unsupervised learning (EvolutionaryScale, "
-             "2024-12-04)", None),
+    "esmc": (_ESMC_TITLE, None),  # a blog post, no DOI
 }
 
 
