@@ -111,6 +111,12 @@ step("poet_logits")
 esm = session.embedding.get_model("esm2_t6_8M_UR50D")
 out["esm_embed"] = [list(a.shape) for _, a in esm.embed([wt[:50]]).wait(**poll)]
 out["esm_attn"] = [list(a.shape) for _, a in esm.attn([wt[:12]]).wait(**poll)]
+esmc = session.embedding.get_model("esmc-300m")
+out["esmc_class"] = type(esmc).__name__
+out["esmc_meta"] = {"dimension": esmc.metadata.dimension, "output_types": list(esmc.metadata.output_types)}
+out["esmc_embed"] = [[s.decode() if isinstance(s, bytes) else s, a.tolist()]
+                     for s, a in esmc.embed([wt[:15], wt[:9]], reduction="MEAN").wait(**poll)]
+out["esmc_logits"] = [a.tolist() for _, a in esmc.logits([wt[:7]]).wait(**poll)]
 
 step("esm")
 # 5. reload by id; a bad id raises the SDK's error type

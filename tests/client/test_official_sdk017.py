@@ -14,8 +14,8 @@ Without the variable the test is skipped; CI installs the SDK with ``.ci/sdk_ven
 
 Flow: connect -> create_msa(BLAT wild type) -> upload_msa(300 real BLAT rows) ->
 sample_prompt(3 replicates) -> create_prompt / create_query -> session.embedding poet.score(6 Jacquier variants) ->
-single_site over 40 positions -> indel -> generate with a seed twice -> PoET embed/logits and a (tiny)
-ESM-2 embed -> load_job by id -> a bad id.
+single_site over 40 positions -> indel -> generate with a seed twice -> PoET embed/logits, a (tiny)
+ESM-2 embed/attn and a (tiny fixture) ESM C embed/logits -> load_job by id -> a bad id.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def test_official_sdk_0_17_workflow(tmp_path):
     from tests.api._esm2_tiny import EMBED_DIM, HEADS, make_tiny_esm2_dir
 
     make_tiny_esm2_dir(model_dir, slug="esm2-8m")  # a tiny random ESM-2 served as esm2_t6_8M_UR50D
+    (model_dir / "esmc-300m").symlink_to(shared_path("fixtures", "esmc", "hf"), target_is_directory=True)
     settings = Settings(data_dir=tmp_path / "data", api_keys=["k"], msa_database=tmp_path / "search_db.fasta",
                         model_dir=model_dir, device="cpu", dtype="float32", workers=1, offline=True)
     store = JobStore(settings.resolved_database_url())
@@ -155,6 +156,19 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert out["poet_logits"] == [[3, 20, 24]]
     assert out["esm_embed"] == [[EMBED_DIM]]
     assert out["esm_attn"] == [[HEADS, 12, 12]]
+    # ESM C (the tiny fixture served as esmc-300m): MEAN embeddings and logits equal the engine's
+    from tests.models.esmc._fixture import engine as esmc_engine
+
+    assert out["esmc_class"] == "ESMModel"
+    assert out["esmc_meta"] == {"dimension": 960, "output_types": ["embed", "logits"]}
+    assert [s for s, _ in out["esmc_embed"]] == [wt[:15], wt[:9]]
+    from plmserve.jobs.poet_v1 import esm_arrays
+
+    ref = esm_arrays(esmc_engine(), [wt[:15], wt[:9]], "embed", "MEAN", family="esmc")
+    for (_, got), want in zip(out["esmc_embed"], ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    (logits,) = esmc_engine().encode([wt[:7]], include=["logits"])
+    np.testing.assert_allclose(out["esmc_logits"][0], logits["logits"], rtol=1e-5, atol=1e-5)
 
     assert out["reloaded_type"] == "EmbeddingsScoreFuture"
     assert out["reloaded_score"] == [[r[0], r[2]] for r in out["score"]]

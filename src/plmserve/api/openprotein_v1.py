@@ -203,34 +203,67 @@ def _poet_metadata(models) -> dict[str, Any]:
     }
 
 
-def _esm2_metadata(spec) -> dict[str, Any]:
-    """ModelMetadata of an ESM-2 registry model under its fair-esm name (the SDK's ``ESMModel``
-    ids, e.g. ``esm2_t33_650M_UR50D``)."""
-    from plmserve.models.esm2.alphabet import STANDARD_AA
+_ESM_FAMILIES = ("esm2", "esmc")
+_ESMC_TITLE = "ESM Cambrian: Revealing the mysteries of proteins with unsupervised learning (EvolutionaryScale, " \
+              "2024-12-04)"
+_ESM_CITATIONS = {
+    "esm2": ("Evolutionary-scale prediction of atomic-level protein structure with a language model",
+             "10.1126/science.ade2574"),
+    "esmc": (_ESMC_TITLE, None),  # a blog post, no DOI
+}
 
+
+def _esm_model_id(spec) -> str:
+    """OpenProtein's id of an ESM registry model: the fair-esm name for ESM-2
+    (``esm2_t33_650M_UR50D``), the slug for ESM C (``esmc-300m``, spec esmc-and-biolm-v3 §1)."""
+    return spec.config["fair_esm_name"] if spec.family == "esm2" else spec.slug
+
+
+def _esm_max_residues(spec) -> int:
+    """Longest accepted sequence: 1022 for ESM-2 (1024 learned positions less BOS/EOS), 16384 for
+    ESM C (Forge's limit; rotary positions)."""
+    if spec.family == "esmc":
+        from plmserve.models.esmc.weights import MAX_POSITIONS
+
+        return MAX_POSITIONS - 2
+    return 1022
+
+
+def _esm_metadata(spec) -> dict[str, Any]:
+    """ModelMetadata of an ESM-2 or ESM C registry model under OpenProtein's id (the SDK's
+    ``ESMModel`` ids). ESM C has no attention output in plmserve (its engine exposes none), so its
+    output types are ``embed`` and ``logits``; its summary carries the weights' licence
+    (esmc-600m: non-commercial)."""
+    from plmserve.models.esm2.alphabet import STANDARD_AA
+    from plmserve.models.esmc.alphabet import CANONICAL_AA
+
+    title, doi = _ESM_CITATIONS[spec.family]
+    summary = f"{spec.description} (plmserve model '{spec.slug}')"
+    if spec.family == "esmc" and spec.licence:
+        summary += f". Weights licence: {spec.licence}"
     return {
-        "model_id": spec.config["fair_esm_name"],
-        "description": {"citation_title": "Evolutionary-scale prediction of atomic-level protein structure with "
-                                          "a language model", "doi": "10.1126/science.ade2574",
-                        "summary": f"{spec.description} (plmserve model '{spec.slug}')"},
-        "max_sequence_length": 1022,
+        "model_id": _esm_model_id(spec),
+        "description": {"citation_title": title, "doi": doi, "summary": summary},
+        "max_sequence_length": _esm_max_residues(spec),
         "dimension": int(spec.config["embed_dim"]),
-        "output_types": ["embed", "logits", "attn"],
+        "output_types": ["embed", "logits", "attn"] if spec.family == "esm2" else ["embed", "logits"],
         "input_tokens": _AA + list(_EXTRA),
-        "output_tokens": list(STANDARD_AA),
+        # the columns of the 20-wide logits, in the engine's order
+        "output_tokens": list(STANDARD_AA) if spec.family == "esm2" else list(CANONICAL_AA),
         "token_descriptions": None,
     }
 
 
-def _esm2_specs() -> dict[str, Any]:
+def _esm_specs() -> dict[str, Any]:
+    """OpenProtein model id -> registry spec, for every ESM-2 and ESM C model."""
     from plmserve.models.registry import list_models as registry_models
 
-    return {s.config["fair_esm_name"]: s for s in registry_models("esm2")}
+    return {_esm_model_id(s): s for fam in _ESM_FAMILIES for s in registry_models(fam)}
 
 
 def _models(state) -> list[dict[str, Any]]:
     """Every servable model's metadata (``state``: the app state, for the loaded models)."""
-    return [_poet_metadata(state.models)] + [_esm2_metadata(s) for s in _esm2_specs().values()]
+    return [_poet_metadata(state.models)] + [_esm_metadata(s) for s in _esm_specs().values()]
 
 
 def _model_or_404(model_id: str, state) -> dict[str, Any]:
@@ -387,16 +420,16 @@ def _submit_arrays(model: str, kind: str, body: EmbedBody, request: Request, own
     if kind == JOB_EMBED and reduction not in (None, *REDUCTIONS):
         raise InvalidParameterError(f"reduction must be one of {', '.join(REDUCTIONS)} (or omitted for per-residue)")
     extra = {"reduction": reduction} if kind == JOB_EMBED else {}
-    esm = _esm2_specs().get(model)
+    esm = _esm_specs().get(model)
     if esm is not None:
         from plmserve.models.esm2.alphabet import validate_sequences
 
         for key in ("prompt_id", "query_id", "design_id"):
             if getattr(body, key):
-                raise InvalidParameterError(f"'{key}': model '{model}' (ESM-2) takes no prompt or query")
-        seqs = validate_sequences(body.sequences, max_residues=1022)
+                raise InvalidParameterError(f"'{key}': model '{model}' ({esm.family}) takes no prompt or query")
+        seqs = validate_sequences(body.sequences, max_residues=_esm_max_residues(esm))
         rows = [[f"sequence-{i}", s] for i, s in enumerate(seqs, start=1)]
-        args = {"model_id": model, "model": esm.slug, "family": "esm2", "n_variants": len(rows), **extra}
+        args = {"model_id": model, "model": esm.slug, "family": esm.family, "n_variants": len(rows), **extra}
         job = get_service(request.app).submit(kind, owner, args, num_records=len(rows),
                                               artifacts={pj.ART_INPUT: json.dumps(rows).encode()})
         return job_wire(job)
@@ -425,7 +458,8 @@ def post_attn(model: str, body: EmbedBody, request: Request, owner: str = Depend
     """Attention maps of the last layer (job ``/embeddings/attn``; ESM-2 only: PoET has none,
     and the SDK refuses it client-side too)."""
     _model_or_404(model, request.app.state)
-    if model not in _esm2_specs():
+    esm = _esm_specs().get(model)
+    if esm is None or esm.family != "esm2":
         raise InvalidParameterError(f"model '{model}' does not provide attention maps (output types: embed, logits)")
     body.reduction = None
     return _submit_arrays(model, JOB_ATTN, body, request, owner)

@@ -5,7 +5,7 @@
 ``/poet/score``             (shared with :mod:`plmserve.jobs.poet`) score variants
 ``/poet/score/indel``       every insertion/deletion of a base sequence, scored like ``/poet/score``
 ``/embeddings/embed``       PoET per-residue embeddings, or their MEAN/SUM over residues
-``/embeddings/logits``      PoET next-token logits of every residue (ESM-2: masked-LM logits)
+``/embeddings/logits``      PoET next-token logits of every residue (ESM-2, ESM C: masked-LM logits)
 ``/embeddings/attn``        ESM-2 attention maps of the last layer
 =========================== ===================================================================
 
@@ -103,16 +103,31 @@ def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) ->
     return np.stack(logits_out), np.stack(hidden_out)
 
 
-def esm2_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None) -> list[np.ndarray]:
-    """ESM-2 arrays through :meth:`plmserve.models.esm2.engine.ESM2Engine.encode` (last layer):
-    ``logits`` ``[L, 20]`` (columns ``engine.alphabet_tokens``), embeddings ``[L, D]``
-    per residue (BOS/EOS excluded) or their MEAN/SUM ``[D]``, ``attn`` the last layer's
-    attention weights ``[H, L, L]`` between residues (BOS/EOS rows and columns dropped; rows do
-    not sum to 1 then)."""
+def esm_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None,
+               family: str = "esm2") -> list[np.ndarray]:
+    """ESM-2 or ESM C arrays of the last layer, one per sequence (float32; BOS/EOS excluded):
+
+    - ``logits`` ``[L, 20]``: ``engine.encode(include=["logits"])`` (columns
+      ``engine.alphabet_tokens``), the same call for both families;
+    - ``embed`` ``[L, D]`` per residue, or their MEAN/SUM ``[D]``: the output of the final
+      LayerNorm, the tensor the language-model head reads. ESM-2: fair-esm's last-layer
+      representation (``encode(include=["per_token"], repr_layers=[-1])``, which has
+      ``emb_layer_norm_after`` applied). ESM C: the official ``ESMC`` ``embeddings`` output
+      (:meth:`plmserve.models.esmc.engine.ESMCEngine.forward_tokens`), not the pre-norm block
+      output that ``encode`` returns for BioLM;
+    - ``attn`` ``[H, L, L]`` (ESM-2 only): the last layer's attention weights between residues
+      (BOS/EOS rows and columns dropped; rows do not sum to 1 then).
+
+    Raises:
+        InvalidParameterError: ``attn`` for ESM C (``family="esmc"``; it has no attention output).
+    """
+    esmc = family == "esmc"
     if kind == "logits":
         out = engine.encode(list(sequences), include=["logits"])
         return [np.asarray(o["logits"], dtype=np.float32) for o in out]
     if kind == "attn":
+        if esmc:
+            raise InvalidParameterError(f"model '{engine.slug}' (ESM C) does not provide attention maps")
         from plmserve.models.esm2.engine import attention_maps
 
         arrays = []
@@ -122,26 +137,29 @@ def esm2_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str
             last = maps[-1][0]  # [H, T, T] of the last layer, T = L + 2 (BOS, EOS)
             arrays.append(last[:, 1:-1, 1:-1].float().cpu().numpy())
         return arrays
-    out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
-    arrays = []
-    for o in out:
-        (per_res,) = o["representations"].values()
-        per_res = np.asarray(per_res, dtype=np.float32)
-        if reduction == "MEAN":
-            per_res = per_res.mean(axis=0)
-        elif reduction == "SUM":
-            per_res = per_res.sum(axis=0)
-        arrays.append(per_res)
-    return arrays
+    if esmc:
+        from plmserve.models.esmc.alphabet import tokenize
+
+        seqs = engine.validate(list(sequences))
+        out = engine.forward_tokens([tokenize(s) for s in seqs], logits=False, embeddings=True)
+        per_residue = [np.asarray(o["embeddings"][1:-1], dtype=np.float32) for o in out]
+    else:
+        out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
+        per_residue = [np.asarray(next(iter(o["representations"].values())), dtype=np.float32) for o in out]
+    if reduction == "MEAN":
+        return [a.mean(axis=0) for a in per_residue]
+    if reduction == "SUM":
+        return [a.sum(axis=0) for a in per_residue]
+    return per_residue
 
 
 def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
     res = ctx.resources
-    if ctx.args.get("family") == "esm2":
+    if ctx.args.get("family") in ("esm2", "esmc"):
         rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
-        engine = res.models.get(ctx.args["model"], family="esm2")
+        engine = res.models.get(ctx.args["model"], family=ctx.args["family"])
         ctx.progress(0, 1, f"{kind} ({ctx.args['model']})")
-        arrays = esm2_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"))
+        arrays = esm_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"), ctx.args["family"])
         buf = io.BytesIO()
         np.savez(buf, **{str(i): a for i, a in enumerate(arrays)})
         return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))
