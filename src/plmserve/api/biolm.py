@@ -302,17 +302,17 @@ async def _get_engine(request: Request, slug: str) -> Any:
     return await run_in_threadpool(models.get, slug, "esm2")
 
 
-async def _compute(request: Request, slug: str, engine: Any, method: str, seqs: list[str], *,
+async def _compute(request: Request, slug: str, engine: Any, operation: str, seqs: list[str], /, *,
                    principal: Principal, **params: Any) -> list[Any]:
-    """``engine.<method>(seqs, **params)``, one result per sequence in order: on the Ray model pool
+    """``engine.<operation>(seqs, **params)``, one result per sequence in order: on the Ray model pool
     when the model has replicas (``engine`` is then a :class:`~plmserve.cluster.model_pool.RemoteEngine`;
     each replica batches the request itself), otherwise through the in-process batching scheduler
     shared by every client (:func:`~plmserve.serving.scheduler.run_batched`)."""
     from plmserve.cluster.model_pool import RemoteEngine
 
     if isinstance(engine, RemoteEngine):
-        return await run_in_threadpool(getattr(engine, method), seqs, **params)
-    return await run_batched(request, slug, method, seqs, principal=principal, **params)
+        return await run_in_threadpool(getattr(engine, operation), seqs, **params)
+    return await run_batched(request, slug, operation, seqs, principal=principal, **params)
 
 
 router = APIRouter(tags=["BioLM ESM-2"])
