@@ -779,7 +779,7 @@ def get_prompt_content(prompt_id: str, request: Request, owner: str = Depends(ca
 
 # ---------------------------------------------------------------------- wiring
 def _install_log_filters() -> None:
-    for name in ("uvicorn.access", "uvicorn.error"):
+    for name in ("uvicorn.access", "uvicorn.error", "plmserve.access"):
         access_log.install(name)
 
 

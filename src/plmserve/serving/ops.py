@@ -35,11 +35,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from plmserve.api.access_log import RedactCredentials, redact
 from plmserve.errors import LimitExceededError
 from plmserve.serving import metrics
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("plmserve.access")
+access_logger.addFilter(RedactCredentials())  # defence in depth: no credential in any access line
 
 #: the id of the request being served in this context ("-" outside requests)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("plmserve_request_id", default="-")
@@ -156,6 +158,9 @@ class ServingMiddleware:
             state = scope.get("state") or {}
             client = scope.get("client")
             path = scope.get("path", "")
+            query = scope.get("query_string", b"").decode("latin-1")
+            if query:  # credentials in a query string (legacy OpenProtein login) are redacted
+                path = redact(f"{path}?{query}")
             if template not in ("/health", "/metrics"):
                 access_logger.info(
                     '%s %s %s %d %.4fs principal=%s',
