@@ -318,8 +318,113 @@ async def generate_endpoint(request: Request, body: GenerateRequest, principal: 
     return _json(content)
 
 
+# ---------------------------------------------------------------------------------------------
+# ESM3 forward_and_sample (raw tokens in and out)
+# ---------------------------------------------------------------------------------------------
+
+
+class SamplingTrackBody(BaseModel):
+    """One track of ``sampling_config`` (the official ``SamplingTrackConfig``; same defaults)."""
+
+    model_config = ConfigDict(extra="ignore")
+    temperature: float = 1.0
+    top_p: float = 1.0
+    only_sample_masked_tokens: bool = True
+    invalid_ids: list[int] = Field(default_factory=list)
+    topk_logprobs: int = 0
+
+
+class EmbeddingConfigBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sequence: bool = Field(default=False, description="return the mean embedding [d]")
+    per_residue: bool = Field(default=False, description="return the per-position embeddings [N, d]")
+
+
+class ForwardAndSampleRequest(BaseModel):
+    """Body of ``POST /api/v1/forward_and_sample`` (field names exactly as the esm 3.2.1 client)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    inputs: dict[str, Any] = Field(description="Tokens, as generate_tensor (N = L + 2; absent track = null)")
+    sampling_config: dict[str, Optional[SamplingTrackBody]] = Field(
+        default_factory=dict,
+        description="per track (sequence, structure, secondary_structure, sasa, function): null or a config")
+    embedding_config: EmbeddingConfigBody = Field(default_factory=EmbeddingConfigBody)
+    potential_sequence_of_concern: Optional[bool] = None
+    seed: Optional[int] = Field(default=None, description="plmserve extension: makes the call reproducible")
+
+
+FORWARD_AND_SAMPLE_TRACKS = ("sequence", "structure", "secondary_structure", "sasa", "function")
+
+
+def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequest, configs: dict) -> bytes:
+    """Run :func:`plmserve.models.esm3.forward_sample.forward_and_sample` -> the JSON response bytes."""
+    from plmserve.models.esm3.forward_sample import forward_and_sample
+
+    samples, emb = forward_and_sample(model, tokens, configs, seed=body.seed)
+    content: dict[str, Any] = {}
+    for track in FORWARD_AND_SAMPLE_TRACKS:
+        sample = samples.get(track)
+        if sample is not None:
+            lst = lambda t: None if t is None else t.tolist()  # noqa: E731
+            content[track] = {"tokens": sample.tokens.tolist(), "logprobs": sample.logprobs.tolist(),
+                              "entropy": sample.entropy.tolist(), "topk_logprobs": lst(sample.topk_logprobs),
+                              "topk_tokens": lst(sample.topk_tokens)}  # fmt: skip
+        elif getattr(tokens, track) is not None:  # not sampled: echoed, as the official code
+            content[track] = {"tokens": getattr(tokens, track).tolist(), "logprobs": None, "entropy": None,
+                              "topk_logprobs": None, "topk_tokens": None}  # fmt: skip
+        else:
+            content[track] = None
+    cfg = body.embedding_config
+    content["embeddings"] = {"per_residue": emb.tolist() if cfg.per_residue else None,
+                             "sequence": emb.mean(0).tolist() if cfg.sequence else None}  # fmt: skip
+    content["potential_sequence_of_concern"] = False
+    return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
+@router.post("/api/v1/forward_and_sample",
+             summary="ESM3: one forward pass and one sampling step per track (raw tokens in/out)")  # fmt: skip
+async def forward_and_sample_endpoint(request: Request, principal: Principal = Depends(require_principal)):
+    """``{"sequence": {"tokens", "logprobs", "entropy", "topk_logprobs", "topk_tokens"} | null, ...,
+    "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
+    :mod:`plmserve.models.esm3.forward_sample` (sequence, structure and secondary_structure are
+    sampled; sasa and function answer 422 naming what is missing; ESM C has no such route)."""
+    from plmserve.api.forge import _engine_for, _get_model, _parse_body, _parse_tokens, _warnings
+    from plmserve.models.esm3.forward_sample import SamplingTrackConfig
+
+    body: ForwardAndSampleRequest = await _parse_body(request, ForwardAndSampleRequest)
+    if _family(body.model) != "esm3":
+        raise InvalidParameterError(
+            f"model '{body.model}': forward_and_sample is served for ESM3 models only (the esm SDK's ESM C "
+            "client has no forward_and_sample; use /api/v1/logits)")
+    configs: dict[str, Any] = {}
+    for track, cfg in body.sampling_config.items():
+        if track not in FORWARD_AND_SAMPLE_TRACKS:
+            raise InvalidParameterError(
+                f"sampling_config.{track}: unknown track; known: {', '.join(FORWARD_AND_SAMPLE_TRACKS)}")
+        if cfg is not None:
+            configs[track] = SamplingTrackConfig(**cfg.model_dump())
+            if track in ("sasa", "function"):
+                raise UnsupportedTrackError(f"sampling_config.{track}: sampling this track needs the ESM3 "
+                                            + ("SASA value decoder" if track == "sasa" else
+                                               "function tokenizer and residue-annotation decoder")
+                                            + ", which this server does not provide; sample sequence, structure "
+                                            "or secondary_structure")  # fmt: skip
+            configs[track].validate(track)
+    model = await _get_model(request, body.model)
+    tokens = await run_in_threadpool(_parse_tokens, body.inputs)
+    tokens.validate(getattr(getattr(model, "config", None), "residue_annotation_vocab_size", 1478))
+    engine = _engine_for(request.app, model)
+    raw = await asyncio.wrap_future(engine.submit_call(lambda m: _forward_and_sample_body(m, tokens, body, configs)))
+    if _warnings(model):
+        content = json.loads(raw)
+        content["warning_messages"] = _warnings(model)
+        return _json(content)
+    return Response(raw, media_type="application/json")
+
+
 def include(app: FastAPI) -> None:
-    """Add ``/api/v1/encode``, ``/api/v1/decode`` and ``/api/v1/generate``."""
+    """Add ``/api/v1/encode``, ``/api/v1/decode`` ``/api/v1/generate`` and ``/api/v1/forward_and_sample``."""
     app.include_router(router)
 
 
