@@ -169,6 +169,11 @@ def test_route_equals_engine_called_directly_and_seed(client, model):
         ({"inputs": {}}, 400, "no track"),
         ({"model": "esmc-300m"}, 400, "ESM3 models only"),
         ({"model": "nope"}, 404, "nope"),
+        ({"seed": -1}, 400, "seed"),
+        ({"seed": 2**70}, 400, "seed"),
+        ({"sampling_config": {"secondary_structure": _track(topk_logprobs=12)}}, 400, "11 ids"),
+        ({"sampling_config": "x"}, 400, "sampling_config"),
+        ({"embedding_config": None}, 400, "embedding_config"),
     ],
 )
 def test_bad_requests_are_4xx(client, change, status, message):
@@ -184,3 +189,30 @@ def test_auth_and_bad_json(client):
     assert client.post("/api/v1/forward_and_sample", json=body).status_code == 401
     resp = client.post("/api/v1/forward_and_sample", content=b"{nope", headers=AUTH)
     assert resp.status_code == 400
+
+
+def test_extreme_values_answer_200(client):
+    """Out-of-range invalid ids are ignored, any temperature > 0 samples allowed ids, and top-k over
+    the allowed ids gives -inf entries, sent as -Infinity (read back as -inf by Python's json)."""
+    for cfg in (_track(invalid_ids=[2**70, -5, 40]), _track(temperature=1e300), _track(temperature=1e-30),
+                _track(topk_logprobs=32)):
+        body = _body({"sequence": [0, 32, 5, 32, 32, 2]}, {"sequence": cfg}, seed=3)
+        resp = client.post("/api/v1/forward_and_sample", json=body, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        seq = json.loads(resp.text)["sequence"]
+        assert all(4 <= t < 31 for t in seq["tokens"][1:-1]), cfg
+        assert all(np.isfinite(seq["logprobs"]))
+    top = np.array(seq["topk_logprobs"])
+    assert top.shape == (6, 32) and np.isneginf(top[:, -1]).all() and np.isfinite(top[:, 0]).all()
+    # at T -> 0 the draw is the argmax
+    cold = _body({"sequence": [0, 32, 5, 32, 32, 2]}, {"sequence": _track(temperature=1e-30)}, seed=3)
+    zero = _body({"sequence": [0, 32, 5, 32, 32, 2]}, {"sequence": _track(temperature=0.0)})
+    assert (client.post("/api/v1/forward_and_sample", json=cold, headers=AUTH).json()["sequence"]["tokens"]
+            == client.post("/api/v1/forward_and_sample", json=zero, headers=AUTH).json()["sequence"]["tokens"])
+
+
+def test_openapi_documents_the_body(client):
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/api/v1/forward_and_sample"]["post"]
+    props = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"model", "inputs", "sampling_config", "embedding_config"} <= set(props)

@@ -379,11 +379,20 @@ def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequ
     content["embeddings"] = {"per_residue": emb.tolist() if cfg.per_residue else None,
                              "sequence": emb.mean(0).tolist() if cfg.sequence else None}  # fmt: skip
     content["potential_sequence_of_concern"] = False
-    return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+    # top-k entries of ids that cannot be sampled are -inf (as the official tensors); JSON has no such
+    # number, so they go out as -Infinity, which Python's json (the SDK's httpx) reads back as -inf
+    return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+
+def _forward_and_sample_schema() -> dict:
+    from plmserve.api.forge import _schema
+
+    return _schema(ForwardAndSampleRequest)
 
 
 @router.post("/api/v1/forward_and_sample",
-             summary="ESM3: one forward pass and one sampling step per track (raw tokens in/out)")  # fmt: skip
+             summary="ESM3: one forward pass and one sampling step per track (raw tokens in/out)",
+             openapi_extra=_forward_and_sample_schema())  # fmt: skip
 async def forward_and_sample_endpoint(request: Request, principal: Principal = Depends(require_principal)):
     """``{"sequence": {"tokens", "logprobs", "entropy", "topk_logprobs", "topk_tokens"} | null, ...,
     "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
@@ -411,15 +420,15 @@ async def forward_and_sample_endpoint(request: Request, principal: Principal = D
                                             + ", which this server does not provide; sample sequence, structure "
                                             "or secondary_structure")  # fmt: skip
             configs[track].validate(track)
+    if body.seed is not None and not 0 <= body.seed < 2**63:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
     model = await _get_model(request, body.model)
     tokens = await run_in_threadpool(_parse_tokens, body.inputs)
     tokens.validate(getattr(getattr(model, "config", None), "residue_annotation_vocab_size", 1478))
     engine = _engine_for(request.app, model)
     raw = await asyncio.wrap_future(engine.submit_call(lambda m: _forward_and_sample_body(m, tokens, body, configs)))
     if _warnings(model):
-        content = json.loads(raw)
-        content["warning_messages"] = _warnings(model)
-        return _json(content)
+        raw = raw[:-1] + b',"warning_messages":' + json.dumps(_warnings(model)).encode() + b"}"
     return Response(raw, media_type="application/json")
 
 

@@ -40,6 +40,7 @@ import torch
 from plmserve.errors import InvalidParameterError
 from plmserve.models.esm3 import constants as C
 from plmserve.models.esm3.sampler import (
+    _HEAD_SIZE,
     ProteinTokens,
     _categorical_entropy,
     _new_seed,
@@ -100,6 +101,9 @@ class SamplingTrackConfig:
         k = self.topk_logprobs
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_TOPK:
             raise InvalidParameterError(f"{where}.topk_logprobs must be an integer in [0, {MAX_TOPK}], got {k!r}")
+        if k > _HEAD_SIZE[track]:
+            raise InvalidParameterError(
+                f"{where}.topk_logprobs = {k} is more than the {_HEAD_SIZE[track]} ids of the {track} track")
         for i, tok in enumerate(self.invalid_ids):
             if isinstance(tok, bool) or not isinstance(tok, int):
                 raise InvalidParameterError(f"{where}.invalid_ids[{i}]: expected an integer token id, got {tok!r}")
@@ -142,12 +146,16 @@ def _sample_track(
     if cfg.temperature == 0:
         candidates = logits.argmax(-1)
     else:
-        candidates = _sample_categorical(torch.softmax(logits / float(cfg.temperature), dim=-1), generator)
+        # softmax(logits / T) computed as softmax((logits - max) / T): equal, but finite for any T > 0
+        # (T is capped where float32 would turn it into inf)
+        shifted = logits - logits.max(-1, keepdim=True).values
+        temperature = min(float(cfg.temperature), 1e30)
+        candidates = _sample_categorical(torch.softmax(shifted / temperature, dim=-1), generator)
     log_probs = logits.log_softmax(-1)
     mask_id = C.TRACK_MASK_TOKEN[track]
     sampling = torch.ones(n, dtype=torch.bool)
     sampling[0] = sampling[-1] = False
-    keep_ids = sorted({int(i) for i in cfg.invalid_ids} - {mask_id})
+    keep_ids = sorted({int(i) for i in cfg.invalid_ids if 0 <= int(i) < C.TRACK_VOCAB_SIZE[track]} - {mask_id})
     if keep_ids:
         sampling &= ~torch.isin(tokens, torch.tensor(keep_ids, dtype=tokens.dtype))
     if cfg.only_sample_masked_tokens:
@@ -180,8 +188,11 @@ def forward_and_sample(
         track, None for the others; ``embeddings`` float32 [N, d] (the trunk's ``embeddings``).
 
     Raises:
-        InvalidParameterError: a config that :meth:`SamplingTrackConfig.validate` rejects.
+        InvalidParameterError: a config that :meth:`SamplingTrackConfig.validate` rejects, or a
+            ``seed`` outside [0, 2**63).
     """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     wanted = {t: c for t, c in configs.items() if c is not None}
     for track, cfg in wanted.items():
         cfg.validate(track)
