@@ -32,8 +32,9 @@ Difference from Forge, on purpose: an optional integer ``seed`` makes a call rep
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ from plmserve.models.esm3.sampler import (
     track_logits,
 )
 
-__all__ = ["SamplingTrackConfig", "TrackSample", "forward_and_sample", "SAMPLED_TRACKS", "MAX_TOPK"]
+__all__ = ["MAX_TOPK", "SAMPLED_TRACKS", "SamplingTrackConfig", "TrackSample", "forward_and_sample"]
 
 #: tracks this implementation samples
 SAMPLED_TRACKS = (C.TRACK_SEQUENCE, C.TRACK_STRUCTURE, C.TRACK_SECONDARY_STRUCTURE)
