@@ -98,7 +98,7 @@ def test_sequence_at_temperature_0_matches_official_logits(client, name):
     np.testing.assert_allclose(data["embeddings"]["per_residue"], emb, atol=1e-4)
     np.testing.assert_allclose(data["embeddings"]["sequence"], emb.mean(0), atol=1e-4)
     # tracks not sampled: echoed when given, null when absent
-    assert data["structure"] is None and data["sasa"] is None
+    assert data["structure"] is None and data["sasa"] is None and data["secondary_structure"] is None
     if name == "f":
         assert data["function"]["tokens"] == inputs["function"] and data["function"]["logprobs"] is None
 
@@ -156,8 +156,8 @@ def test_route_equals_engine_called_directly_and_seed(client, model):
 @pytest.mark.parametrize(
     "change, status, message",
     [
-        ({"sampling_config": {"sasa": _track()}}, 422, "SASA"),
-        ({"sampling_config": {"function": _track()}}, 422, "function tokenizer"),
+        ({"sampling_config": {"function": _track(temperature=0.0)}}, 400, "temperature 0"),
+        ({"sampling_config": {"function": _track(topk_logprobs=33)}}, 400, "topk_logprobs"),
         ({"sampling_config": {"sequence": _track(topk_logprobs=33)}}, 400, "topk_logprobs"),
         ({"sampling_config": {"sequence": _track(top_p=0)}}, 400, "top_p"),
         ({"sampling_config": {"sequence": _track(temperature=-1)}}, 400, "temperature"),
@@ -216,3 +216,58 @@ def test_openapi_documents_the_body(client):
     op = spec["paths"]["/api/v1/forward_and_sample"]["post"]
     props = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"model", "inputs", "sampling_config", "embedding_config"} <= set(props)
+
+
+def test_sasa_values_match_official_logits(client):
+    """sasa is decoded to Å² from the official fixture logits (case e: some sasa positions masked)."""
+    inputs = CASES["e"]["inputs"]
+    sasa_in = torch.tensor(inputs["sasa"])
+    body = _body(inputs, {"sasa": _track(temperature=0.3, top_p=0.5, invalid_ids=[18])})
+    resp = client.post("/api/v1/forward_and_sample", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    got = json.loads(resp.text)["sasa"]  # Infinity is allowed in this response
+    lg = torch.tensor(EXPECTED["e/sasa_logits"])
+    lg[:, [0, 1, 2, 18]] = -torch.inf  # specials and invalid id 18
+    p = lg.softmax(-1)
+    bins = torch.tensor([0.0, *C.SASA_BOUNDARIES])
+    want = (p[:, 3:-1] * (bins[:-1] + bins[1:]) / 2).sum(-1)
+    sampled = torch.zeros(len(sasa_in), dtype=torch.bool)
+    sampled[1:-1] = sasa_in[1:-1] == 0
+    want[~sampled] = torch.inf
+    assert sampled.any() and (~sampled[1:-1]).any()
+    np.testing.assert_allclose(got["tokens"], want, atol=1e-4)  # temperature and top-p are not used
+    np.testing.assert_allclose(got["entropy"], -(p * lg.log_softmax(-1)).nan_to_num().sum(-1), atol=1e-4)
+    assert got["logprobs"] is None and got["topk_logprobs"] is None
+
+
+def test_function_matches_official_rule(client, model):
+    """function [N, 8]: the <none> rule and arg-max per depth on the trunk's logits (equal to the
+    official fixture logits on the stored rows), log-probs at temperature 1, one-hot outside the mask."""
+    inputs = CASES["f"]["inputs"]
+    body = _body(inputs, {"function": _track(temperature=1.0, topk_logprobs=3)})
+    resp = client.post("/api/v1/forward_and_sample", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["function"]
+    with torch.no_grad():
+        out = model(**ProteinTokens.from_lists(inputs).logits_kwargs())
+    lg = out.function_logits[0].float().reshape(-1, 8, 260)
+    rows = EXPECTED["f/wide_rows"]
+    np.testing.assert_allclose(lg[rows].numpy(), EXPECTED["f/function_logits"][rows], atol=1e-4)
+    log_p = (lg / 1.0).log_softmax(-1)
+    none = log_p[..., 3].exp().mean(-1) > 0.05
+    log_p[~none, :, 3] = -torch.inf
+    ids = log_p.argmax(-1)
+    ids[none] = 3
+    tok = torch.tensor(inputs["function"])
+    mask = (tok == 0).all(-1)
+    mask[0] = mask[-1] = False
+    assert mask.any() and (~mask[1:-1]).any() and none[mask].any() and (~none[mask]).any()
+    want = torch.where(mask[:, None], ids, tok)
+    assert got["tokens"] == want.tolist()
+    fixed = torch.full_like(log_p, -torch.inf).scatter(-1, tok[..., None], 0.0)
+    log_p = torch.where(mask[:, None, None], log_p, fixed)
+    lp = torch.where(mask[:, None], log_p.gather(-1, want[..., None])[..., 0], torch.zeros(want.shape))
+    np.testing.assert_allclose(got["logprobs"], lp, atol=1e-4)
+    np.testing.assert_allclose(got["entropy"], torch.distributions.Categorical(logits=log_p).entropy(), atol=1e-4)
+    np.testing.assert_allclose(np.array(got["topk_logprobs"], dtype=float), torch.topk(log_p, 3).values, atol=1e-4)
+    assert np.array(got["topk_tokens"]).shape == (len(tok), 8, 3)

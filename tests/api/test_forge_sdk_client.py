@@ -269,8 +269,16 @@ out = {"tokens": r.protein_tensor.sequence.tolist(), "structure": r.protein_tens
 r2 = c.forward_and_sample(t, SamplingConfig(sequence=SamplingTrackConfig(temperature=1.0)))
 out["random_tokens"] = r2.protein_tensor.sequence.tolist()
 out["random_topk"] = r2.topk_tokens.sequence
-bad = c.forward_and_sample(t, SamplingConfig(sasa=SamplingTrackConfig()))
-out["sasa_error"] = [bad.error_code, bad.error_msg] if isinstance(bad, ESMProteinError) else None
+r3 = c.forward_and_sample(t, SamplingConfig(sasa=SamplingTrackConfig(), function=SamplingTrackConfig(topk_logprobs=2),
+                                            secondary_structure=SamplingTrackConfig(temperature=0.0)))
+assert not isinstance(r3, ESMProteinError), r3
+out["sasa"] = [None if v == float("inf") else v for v in r3.protein_tensor.sasa.tolist()]
+out["sasa_entropy"] = r3.entropy.sasa.tolist()
+out["function_shape"] = list(r3.protein_tensor.function.shape)
+out["function_topk_shape"] = list(r3.topk_tokens.function.shape)
+out["ss8"] = r3.protein_tensor.secondary_structure.tolist()
+bad = c.forward_and_sample(t, SamplingConfig(function=SamplingTrackConfig(temperature=0.0)))
+out["function_t0_error"] = [bad.error_code, bad.error_msg] if isinstance(bad, ESMProteinError) else None
 print(json.dumps(out))
 '''
 
@@ -279,8 +287,8 @@ print(json.dumps(out))
 def test_official_forward_and_sample(tmp_path):
     """esm 3.2.1 ``ESM3ForgeInferenceClient.forward_and_sample`` against the server: temperature 0
     equals the argmax of the official fixture logits (masked positions only), log-probabilities,
-    entropy, top-k and embeddings as the official numbers; an unsupported track is a 4xx
-    ``ESMProteinError`` (no retries)."""
+    entropy, top-k and embeddings as the official numbers; sasa, function and secondary structure
+    sampled through the client; function at temperature 0 is a 400 ``ESMProteinError`` (no retries)."""
     if not _sdk_available():
         pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
     import numpy as np
@@ -330,5 +338,12 @@ def test_official_forward_and_sample(tmp_path):
     rnd = got["random_tokens"]
     assert 32 not in rnd and all(4 <= t < 31 for t in rnd[1:-1]) and got["random_topk"] is None
     assert [t for t, s in zip(rnd, case["sequence"]) if s != 32] == [s for s in case["sequence"] if s != 32]
-    code, msg = got["sasa_error"]
-    assert code == 422 and "SASA" in msg
+    # sasa decoded to Å² (inf at BOS/EOS), function [N, 8] with top-k, ss8 sampled from all-mask
+    n = len(case["sequence"])
+    assert got["sasa"][0] is None and got["sasa"][-1] is None
+    assert all(v is None or 0 <= v <= 151.4 for v in got["sasa"]) and any(v is not None for v in got["sasa"])
+    assert len(got["sasa_entropy"]) == n
+    assert got["function_shape"] == [n, 8] and got["function_topk_shape"] == [n, 8, 2]
+    assert all(3 <= t <= 10 for t in got["ss8"][1:-1])
+    code, msg = got["function_t0_error"]
+    assert code == 400 and "temperature 0" in msg

@@ -367,7 +367,7 @@ def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequ
         sample = samples.get(track)
         if sample is not None:
             lst = lambda t: None if t is None else t.tolist()  # noqa: E731
-            content[track] = {"tokens": sample.tokens.tolist(), "logprobs": sample.logprobs.tolist(),
+            content[track] = {"tokens": sample.tokens.tolist(), "logprobs": lst(sample.logprobs),
                               "entropy": sample.entropy.tolist(), "topk_logprobs": lst(sample.topk_logprobs),
                               "topk_tokens": lst(sample.topk_tokens)}  # fmt: skip
         elif getattr(tokens, track) is not None:  # not sampled: echoed, as the official code
@@ -379,8 +379,9 @@ def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequ
     content["embeddings"] = {"per_residue": emb.tolist() if cfg.per_residue else None,
                              "sequence": emb.mean(0).tolist() if cfg.sequence else None}  # fmt: skip
     content["potential_sequence_of_concern"] = False
-    # top-k entries of ids that cannot be sampled are -inf (as the official tensors); JSON has no such
-    # number, so they go out as -Infinity, which Python's json (the SDK's httpx) reads back as -inf
+    # top-k entries of ids that cannot be sampled are -inf and unsampled sasa values inf (as the official
+    # tensors); JSON has no such numbers, so they go out as -Infinity / Infinity, which Python's json (the
+    # SDK's httpx) reads back as floats
     return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
 
 
@@ -396,8 +397,8 @@ def _forward_and_sample_schema() -> dict:
 async def forward_and_sample_endpoint(request: Request, principal: Principal = Depends(require_principal)):
     """``{"sequence": {"tokens", "logprobs", "entropy", "topk_logprobs", "topk_tokens"} | null, ...,
     "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
-    :mod:`plmserve.models.esm3.forward_sample` (sequence, structure and secondary_structure are
-    sampled; sasa and function answer 422 naming what is missing; ESM C has no such route)."""
+    :mod:`plmserve.models.esm3.forward_sample` (every track; ``sasa`` tokens are values in Å²,
+    ``inf`` where not sampled; ESM C has no such route)."""
     from plmserve.api.forge import _engine_for, _get_model, _parse_body, _parse_tokens, _warnings
     from plmserve.models.esm3.forward_sample import SamplingTrackConfig
 
@@ -413,12 +414,6 @@ async def forward_and_sample_endpoint(request: Request, principal: Principal = D
                 f"sampling_config.{track}: unknown track; known: {', '.join(FORWARD_AND_SAMPLE_TRACKS)}")
         if cfg is not None:
             configs[track] = SamplingTrackConfig(**cfg.model_dump())
-            if track in ("sasa", "function"):
-                raise UnsupportedTrackError(f"sampling_config.{track}: sampling this track needs the ESM3 "
-                                            + ("SASA value decoder" if track == "sasa" else
-                                               "function tokenizer and residue-annotation decoder")
-                                            + ", which this server does not provide; sample sequence, structure "
-                                            "or secondary_structure")  # fmt: skip
             configs[track].validate(track)
     if body.seed is not None and not 0 <= body.seed < 2**63:
         raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
