@@ -37,6 +37,9 @@ def model():
 def client(model):
     app = create_app(Settings(api_keys=[KEY], esm3_batch_window_ms=5))
     app.state.models.put("esm3-open-2024-03", model)
+    from tests.models.esmc._fixture import engine
+
+    app.state.models.put("esmc-300m", engine("official"))
     with TestClient(app) as c:
         yield c
 
@@ -167,7 +170,7 @@ def test_route_equals_engine_called_directly_and_seed(client, model):
         ({"inputs": {"sequence": [0, 5, 99, 2]}}, 400, "position 2"),
         ({"inputs": {"sequence": "MKT"}}, 400, "sequence"),
         ({"inputs": {}}, 400, "no track"),
-        ({"model": "esmc-300m"}, 400, "ESM3 models only"),
+        ({"model": "esm2-8m"}, 400, "ESM3 and ESM C models"),
         ({"model": "nope"}, 404, "nope"),
         ({"seed": -1}, 400, "seed"),
         ({"seed": 2**70}, 400, "seed"),
@@ -271,3 +274,31 @@ def test_function_matches_official_rule(client, model):
     np.testing.assert_allclose(got["entropy"], torch.distributions.Categorical(logits=log_p).entropy(), atol=1e-4)
     np.testing.assert_allclose(np.array(got["topk_logprobs"], dtype=float), torch.topk(log_p, 3).values, atol=1e-4)
     assert np.array(got["topk_tokens"]).shape == (len(tok), 8, 3)
+
+
+def test_esmc_sequence_track_matches_official_fixture(client):
+    """ESM C through the same route (sequence track only): temperature 0 is the arg-max of the official
+    ESM C fixture logits at the mask positions, with its log-probs; embeddings as ESM C ``logits``."""
+    from tests.models.esmc._fixture import close, expected, inputs
+
+    fx = next(i for i, ids in enumerate(inputs()["token_ids"]) if 32 in ids)
+    ids = inputs()["token_ids"][fx]
+    body = _body({"sequence": ids}, {"sequence": _track(temperature=0.0, topk_logprobs=2)}, per_residue=True,
+                 mean=True, model="esmc-300m-2024-12")
+    resp = client.post("/api/v1/forward_and_sample", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    tokens, logprob, entropy, top = _reference(expected()[f"sequence_logits_{fx}"], ids, "sequence", k=2)
+    assert data["sequence"]["tokens"] == tokens.tolist() and 32 not in tokens.tolist()
+    np.testing.assert_allclose(data["sequence"]["logprobs"], logprob, atol=1e-4)
+    np.testing.assert_allclose(data["sequence"]["entropy"], entropy, atol=1e-4)
+    np.testing.assert_allclose(data["sequence"]["topk_logprobs"], top.values, atol=1e-4)
+    assert close(data["embeddings"]["per_residue"], expected()[f"embeddings_{fx}"])
+    assert data["structure"] is None and data["function"] is None
+    for change, status in (({"sampling_config": {"structure": _track()}}, 422),
+                           ({"inputs": {"sequence": ids, "coordinates": [[[0.0] * 3] * 37] * len(ids)}}, 422),
+                           ({"inputs": {"sequence": [0, 99, 2]}}, 400),
+                           ({"sampling_config": {"sequence": _track(top_p=5)}}, 400)):
+        bad = dict(body, **change)
+        resp = client.post("/api/v1/forward_and_sample", json=bad, headers=AUTH)
+        assert resp.status_code == status, (change, resp.text)

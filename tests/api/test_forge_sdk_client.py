@@ -175,6 +175,11 @@ c3 = ESM3ForgeInferenceClient(model="esmc-300m-2024-12", url=url, token="test-ke
 t3 = c3.encode(ESMProtein(sequence=seqs[0]))
 lg3 = c3.logits(t3, LogitsConfig(sequence=True, return_embeddings=True))
 out["esm3_client_esmc"] = {"tokens": t3.sequence.tolist(), "logits": lg3.logits.sequence.tolist()}
+from esm.sdk.api import SamplingConfig, SamplingTrackConfig
+fs = c3.forward_and_sample(t3, SamplingConfig(sequence=SamplingTrackConfig(temperature=0.0, only_sample_masked_tokens=False),
+                                              return_mean_embedding=True))
+assert not isinstance(fs, ESMProteinError), fs
+out["esmc_forward_and_sample"] = {"tokens": fs.protein_tensor.sequence.tolist(), "mean": list(torch.as_tensor(fs.mean_embedding).shape)}
 # ESM3: generate from an ESMProtein with a sequence prompt, and a structure prompt that cannot be served
 g = ESM3ForgeInferenceClient(model="esm3-sm-open-v1", url=url, token="test-key")
 prompt = "MKTAYIAK__RQISFVK___FSRQ"
@@ -237,6 +242,14 @@ def test_official_esmc_and_esmprotein_clients(tmp_path):
     assert got["esmc_1"]["decoded"] == seqs[1].replace("<mask>", "_")
     assert got["esm3_client_esmc"]["tokens"] == inputs()["token_ids"][0]
     assert close(np.array(got["esm3_client_esmc"]["logits"]), exp["sequence_logits_0"][None])
+    # forward_and_sample on ESM C through the ESM3 client: every residue re-sampled at temperature 0 =
+    # arg-max of the official logits over the non-special amino-acid ids
+    lg = exp["sequence_logits_0"].copy()
+    lg[:, [0, 1, 2, 3, 31, 32] + list(range(33, 64))] = -np.inf
+    fs = got["esmc_forward_and_sample"]
+    ids0 = inputs()["token_ids"][0]
+    assert fs["tokens"] == [ids0[0], *lg.argmax(-1)[1:-1].tolist(), ids0[-1]]
+    assert fs["mean"] == [64]
     gen = got["generate"]
     assert "sequence" in gen, gen
     assert len(gen["sequence"]) == 24 and "_" not in gen["sequence"] and gen["coordinates"]

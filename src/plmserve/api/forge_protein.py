@@ -385,6 +385,59 @@ def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequ
     return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
 
 
+async def _esmc_forward_and_sample(request: Request, body: ForwardAndSampleRequest) -> Response:
+    """``forward_and_sample`` for an ESM C model (plmserve extension: reachable with
+    ``ESM3ForgeInferenceClient(model="esmc-...")``; the esm SDK's ESM C client has no such call):
+    the sequence track only, sampled from the ESM C logits with the ESM3 sequence sampler
+    (:func:`plmserve.models.esm3.forward_sample.sample_sequence_logits`); embeddings are the
+    final-LayerNorm output, as ESM C ``logits`` returns them.
+
+    Raises:
+        UnsupportedTrackError: a non-sequence track in ``inputs`` or ``sampling_config`` (422).
+    """
+    from plmserve.models.esm3.forward_sample import SamplingTrackConfig, sample_sequence_logits
+
+    _not_needed(body.inputs, ("sequence",), body.model)
+    for track, cfg in body.sampling_config.items():
+        if track not in FORWARD_AND_SAMPLE_TRACKS:
+            raise InvalidParameterError(
+                f"sampling_config.{track}: unknown track; known: {', '.join(FORWARD_AND_SAMPLE_TRACKS)}")
+        if track != "sequence" and cfg is not None:
+            raise UnsupportedTrackError(f"sampling_config.{track}: ESM C has only the sequence track")
+    seq_body = body.sampling_config.get("sequence")
+    cfg = SamplingTrackConfig(**seq_body.model_dump()) if seq_body is not None else None
+    if cfg is not None:
+        cfg.validate("sequence")
+    if body.seed is not None and not 0 <= body.seed < 2**63:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
+    ids = _token_list(body.inputs, ESMC_MAX_RESIDUES)
+    engine = await run_in_threadpool(request.app.state.models.get, body.model, "esmc")
+
+    def build() -> bytes:
+        (out,) = engine.forward_tokens([ids], logits=True, embeddings=True)
+        tokens = torch.tensor(ids, dtype=torch.long)
+        content: dict[str, Any] = {t: None for t in FORWARD_AND_SAMPLE_TRACKS}
+        if cfg is None:
+            content["sequence"] = {"tokens": ids, "logprobs": None, "entropy": None, "topk_logprobs": None,
+                                   "topk_tokens": None}  # fmt: skip
+        else:
+            smp = sample_sequence_logits(torch.from_numpy(out["logits"]), tokens, cfg, seed=body.seed)
+            lst = lambda t: None if t is None else t.tolist()  # noqa: E731
+            content["sequence"] = {"tokens": smp.tokens.tolist(), "logprobs": smp.logprobs.tolist(),
+                                   "entropy": smp.entropy.tolist(), "topk_logprobs": lst(smp.topk_logprobs),
+                                   "topk_tokens": lst(smp.topk_tokens)}  # fmt: skip
+        emb = torch.from_numpy(out["embeddings"])
+        ecfg = body.embedding_config
+        content["embeddings"] = {"per_residue": emb.tolist() if ecfg.per_residue else None,
+                                 "sequence": emb.mean(0).tolist() if ecfg.sequence else None}  # fmt: skip
+        content["potential_sequence_of_concern"] = False
+        if getattr(engine, "load_format", None) == "dummy":
+            content["warning_messages"] = ["this server runs the model with RANDOM weights (load-format=dummy)"]
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+    return Response(await run_in_threadpool(build), media_type="application/json")
+
+
 def _forward_and_sample_schema() -> dict:
     from plmserve.api.forge import _schema
 
@@ -398,15 +451,16 @@ async def forward_and_sample_endpoint(request: Request, principal: Principal = D
     """``{"sequence": {"tokens", "logprobs", "entropy", "topk_logprobs", "topk_tokens"} | null, ...,
     "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
     :mod:`plmserve.models.esm3.forward_sample` (every track; ``sasa`` tokens are values in Å²,
-    ``inf`` where not sampled; ESM C has no such route)."""
+    ``inf`` where not sampled); ``esmc-*`` models: the sequence track only (extension)."""
     from plmserve.api.forge import _engine_for, _get_model, _parse_body, _parse_tokens, _warnings
     from plmserve.models.esm3.forward_sample import SamplingTrackConfig
 
     body: ForwardAndSampleRequest = await _parse_body(request, ForwardAndSampleRequest)
-    if _family(body.model) != "esm3":
-        raise InvalidParameterError(
-            f"model '{body.model}': forward_and_sample is served for ESM3 models only (the esm SDK's ESM C "
-            "client has no forward_and_sample; use /api/v1/logits)")
+    family = _family(body.model)
+    if family == "esmc":
+        return await _esmc_forward_and_sample(request, body)
+    if family != "esm3":
+        raise InvalidParameterError(f"model '{body.model}': forward_and_sample is served for ESM3 and ESM C models")
     configs: dict[str, Any] = {}
     for track, cfg in body.sampling_config.items():
         if track not in FORWARD_AND_SAMPLE_TRACKS:

@@ -67,7 +67,8 @@ from plmserve.models.esm3.sampler import (
     track_logits,
 )
 
-__all__ = ["MAX_TOPK", "SAMPLED_TRACKS", "SamplingTrackConfig", "TrackSample", "forward_and_sample"]
+__all__ = ["MAX_TOPK", "SAMPLED_TRACKS", "SamplingTrackConfig", "TrackSample", "forward_and_sample",
+           "sample_sequence_logits"]
 
 #: tracks this implementation samples
 SAMPLED_TRACKS = (C.TRACK_SEQUENCE, C.TRACK_STRUCTURE, C.TRACK_SECONDARY_STRUCTURE, C.TRACK_SASA, C.TRACK_FUNCTION)
@@ -228,6 +229,29 @@ def _sample_function(logits: torch.Tensor, tokens: torch.Tensor, cfg: SamplingTr
     k = int(cfg.topk_logprobs)
     top_lp, top_ids = (torch.topk(log_p, k, dim=-1) if k > 0 else (None, None))
     return TrackSample(out_tokens, logprob, _categorical_entropy(log_p), top_lp, top_ids)
+
+
+def sample_sequence_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, cfg: SamplingTrackConfig, *, seed: int | None = None
+) -> TrackSample:
+    """Step 2 of the module docstring for the sequence track on logits computed elsewhere (the ESM C
+    trunk shares ESM3's sequence vocabulary and 64-wide head).
+
+    Args:
+        logits: float [N, 64], BOS/EOS rows included.
+        tokens: int64 [N], the input sequence tokens (mask 32).
+        cfg: the sequence track's config (validated here).
+        seed: seeds the draw (random when None).
+
+    Raises:
+        InvalidParameterError: a config that :meth:`SamplingTrackConfig.validate` rejects, or a
+            ``seed`` outside [0, 2**63).
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    cfg.validate(C.TRACK_SEQUENCE)
+    generator = torch.Generator().manual_seed(_new_seed() if seed is None else int(seed))
+    return _sample_track(logits, tokens.to(torch.long), C.TRACK_SEQUENCE, cfg, generator)
 
 
 def forward_and_sample(
