@@ -175,6 +175,11 @@ c3 = ESM3ForgeInferenceClient(model="esmc-300m-2024-12", url=url, token="test-ke
 t3 = c3.encode(ESMProtein(sequence=seqs[0]))
 lg3 = c3.logits(t3, LogitsConfig(sequence=True, return_embeddings=True))
 out["esm3_client_esmc"] = {"tokens": t3.sequence.tolist(), "logits": lg3.logits.sequence.tolist()}
+from esm.sdk.api import SamplingConfig, SamplingTrackConfig
+fs = c3.forward_and_sample(t3, SamplingConfig(sequence=SamplingTrackConfig(temperature=0.0, only_sample_masked_tokens=False),
+                                              return_mean_embedding=True))
+assert not isinstance(fs, ESMProteinError), fs
+out["esmc_forward_and_sample"] = {"tokens": fs.protein_tensor.sequence.tolist(), "mean": list(torch.as_tensor(fs.mean_embedding).shape)}
 # ESM3: generate from an ESMProtein with a sequence prompt, and a structure prompt that cannot be served
 g = ESM3ForgeInferenceClient(model="esm3-sm-open-v1", url=url, token="test-key")
 prompt = "MKTAYIAK__RQISFVK___FSRQ"
@@ -237,9 +242,121 @@ def test_official_esmc_and_esmprotein_clients(tmp_path):
     assert got["esmc_1"]["decoded"] == seqs[1].replace("<mask>", "_")
     assert got["esm3_client_esmc"]["tokens"] == inputs()["token_ids"][0]
     assert close(np.array(got["esm3_client_esmc"]["logits"]), exp["sequence_logits_0"][None])
+    # forward_and_sample on ESM C through the ESM3 client: every residue re-sampled at temperature 0 =
+    # arg-max of the official logits over the non-special amino-acid ids
+    lg = exp["sequence_logits_0"].copy()
+    lg[:, [0, 1, 2, 3, 31, 32] + list(range(33, 64))] = -np.inf
+    fs = got["esmc_forward_and_sample"]
+    ids0 = inputs()["token_ids"][0]
+    assert fs["tokens"] == [ids0[0], *lg.argmax(-1)[1:-1].tolist(), ids0[-1]]
+    assert fs["mean"] == [64]
     gen = got["generate"]
     assert "sequence" in gen, gen
     assert len(gen["sequence"]) == 24 and "_" not in gen["sequence"] and gen["coordinates"]
     assert got["esm3_encode"][0] == 0 and got["esm3_encode"][9] == 32
     code, msg = got["structure_prompt"]
     assert code == 422 and "structure tokenizer" in msg
+
+
+# --- forward_and_sample (issue 10 follow-up) --------------------------------------------------------
+
+FORWARD_SCRIPT = r'''
+import json, sys
+import torch
+from esm.sdk.api import ESMProteinTensor, ESMProteinError, SamplingConfig, SamplingTrackConfig
+from esm.sdk.forge import ESM3ForgeInferenceClient
+
+url, inputs = sys.argv[1], json.loads(sys.argv[2])
+c = ESM3ForgeInferenceClient(model="esm3-sm-open-v1", url=url, token="test-key")
+t = ESMProteinTensor(sequence=torch.tensor(inputs["sequence"]))
+cfg = SamplingConfig(sequence=SamplingTrackConfig(temperature=0.0, topk_logprobs=4),
+                     return_per_residue_embeddings=True, return_mean_embedding=True)
+r = c.forward_and_sample(t, cfg)
+assert not isinstance(r, ESMProteinError), r
+out = {"tokens": r.protein_tensor.sequence.tolist(), "structure": r.protein_tensor.structure,
+       "logprob": r.logprob.sequence.tolist(), "prob": r.prob.sequence.tolist(),
+       "entropy": r.entropy.sequence.tolist(), "topk_logprob": r.topk_logprob.sequence.tolist(),
+       "topk_tokens": r.topk_tokens.sequence.tolist(),
+       "per_residue": torch.as_tensor(r.per_residue_embedding).tolist(),
+       "mean": torch.as_tensor(r.mean_embedding).tolist()}
+r2 = c.forward_and_sample(t, SamplingConfig(sequence=SamplingTrackConfig(temperature=1.0)))
+out["random_tokens"] = r2.protein_tensor.sequence.tolist()
+out["random_topk"] = r2.topk_tokens.sequence
+r3 = c.forward_and_sample(t, SamplingConfig(sasa=SamplingTrackConfig(), function=SamplingTrackConfig(topk_logprobs=2),
+                                            secondary_structure=SamplingTrackConfig(temperature=0.0)))
+assert not isinstance(r3, ESMProteinError), r3
+out["sasa"] = [None if v == float("inf") else v for v in r3.protein_tensor.sasa.tolist()]
+out["sasa_entropy"] = r3.entropy.sasa.tolist()
+out["function_shape"] = list(r3.protein_tensor.function.shape)
+out["function_topk_shape"] = list(r3.topk_tokens.function.shape)
+out["ss8"] = r3.protein_tensor.secondary_structure.tolist()
+bad = c.forward_and_sample(t, SamplingConfig(function=SamplingTrackConfig(temperature=0.0)))
+out["function_t0_error"] = [bad.error_code, bad.error_msg] if isinstance(bad, ESMProteinError) else None
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_official_forward_and_sample(tmp_path):
+    """esm 3.2.1 ``ESM3ForgeInferenceClient.forward_and_sample`` against the server: temperature 0
+    equals the argmax of the official fixture logits (masked positions only), log-probabilities,
+    entropy, top-k and embeddings as the official numbers; sasa, function and secondary structure
+    sampled through the client; function at temperature 0 is a 400 ``ESMProteinError`` (no retries)."""
+    if not _sdk_available():
+        pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
+    import numpy as np
+    import torch
+    import uvicorn
+
+    from tests.conftest import shared_path
+
+    fixtures = shared_path("fixtures", "esm3")
+    case = {c["name"]: c for c in json.loads((fixtures / "inputs.json").read_text())}["b"]["inputs"]
+    ref = np.load(fixtures / "expected_logits.npz")
+    app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
+    app.state.models.put("esm3-open-2024-03", load_fixture_model())
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        script = tmp_path / "forward_client.py"
+        script.write_text(FORWARD_SCRIPT)
+        proc = subprocess.run([SDK_PYTHON, str(script), f"http://127.0.0.1:{port}", json.dumps(case)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    seq = torch.tensor(case["sequence"])
+    logits = torch.tensor(ref["b/sequence_logits"])
+    logits[:, [0, 1, 2, 3, 31, 32] + list(range(33, 64))] = -torch.inf  # special and out-of-vocabulary ids
+    lp = logits.log_softmax(-1)
+    masked = seq == 32
+    expected = torch.where(masked, lp.argmax(-1), seq)
+    assert got["tokens"] == expected.tolist() and got["structure"] is None
+    want_lp = torch.where(masked, lp.gather(-1, expected[:, None])[:, 0], torch.zeros(len(seq)))
+    np.testing.assert_allclose(got["logprob"], want_lp, atol=1e-4)
+    np.testing.assert_allclose(got["prob"], want_lp.exp(), atol=1e-4)
+    np.testing.assert_allclose(got["entropy"], torch.distributions.Categorical(logits=lp).entropy(), atol=1e-4)
+    np.testing.assert_allclose(got["topk_logprob"], torch.topk(lp, 4).values, atol=1e-4)
+    np.testing.assert_allclose(got["per_residue"], ref["b/embeddings"], atol=1e-4)
+    np.testing.assert_allclose(got["mean"], ref["b/embeddings"].mean(0), atol=1e-4)
+    rnd = got["random_tokens"]
+    assert 32 not in rnd and all(4 <= t < 31 for t in rnd[1:-1]) and got["random_topk"] is None
+    assert [t for t, s in zip(rnd, case["sequence"]) if s != 32] == [s for s in case["sequence"] if s != 32]
+    # sasa decoded to Å² (inf at BOS/EOS), function [N, 8] with top-k, ss8 sampled from all-mask
+    n = len(case["sequence"])
+    assert got["sasa"][0] is None and got["sasa"][-1] is None
+    assert all(v is None or 0 <= v <= 151.4 for v in got["sasa"]) and any(v is not None for v in got["sasa"])
+    assert len(got["sasa_entropy"]) == n
+    assert got["function_shape"] == [n, 8] and got["function_topk_shape"] == [n, 8, 2]
+    assert all(3 <= t <= 10 for t in got["ss8"][1:-1])
+    code, msg = got["function_t0_error"]
+    assert code == 400 and "temperature 0" in msg

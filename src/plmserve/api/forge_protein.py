@@ -318,8 +318,171 @@ async def generate_endpoint(request: Request, body: GenerateRequest, principal: 
     return _json(content)
 
 
+# ---------------------------------------------------------------------------------------------
+# ESM3 forward_and_sample (raw tokens in and out)
+# ---------------------------------------------------------------------------------------------
+
+
+class SamplingTrackBody(BaseModel):
+    """One track of ``sampling_config`` (the official ``SamplingTrackConfig``; same defaults)."""
+
+    model_config = ConfigDict(extra="ignore")
+    temperature: float = 1.0
+    top_p: float = 1.0
+    only_sample_masked_tokens: bool = True
+    invalid_ids: list[int] = Field(default_factory=list)
+    topk_logprobs: int = 0
+
+
+class EmbeddingConfigBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sequence: bool = Field(default=False, description="return the mean embedding [d]")
+    per_residue: bool = Field(default=False, description="return the per-position embeddings [N, d]")
+
+
+class ForwardAndSampleRequest(BaseModel):
+    """Body of ``POST /api/v1/forward_and_sample`` (field names exactly as the esm 3.2.1 client)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    inputs: dict[str, Any] = Field(description="Tokens, as generate_tensor (N = L + 2; absent track = null)")
+    sampling_config: dict[str, Optional[SamplingTrackBody]] = Field(
+        default_factory=dict,
+        description="per track (sequence, structure, secondary_structure, sasa, function): null or a config")
+    embedding_config: EmbeddingConfigBody = Field(default_factory=EmbeddingConfigBody)
+    potential_sequence_of_concern: Optional[bool] = None
+    seed: Optional[int] = Field(default=None, description="plmserve extension: makes the call reproducible")
+
+
+FORWARD_AND_SAMPLE_TRACKS = ("sequence", "structure", "secondary_structure", "sasa", "function")
+
+
+def _forward_and_sample_body(model: Any, tokens: Any, body: ForwardAndSampleRequest, configs: dict) -> bytes:
+    """Run :func:`plmserve.models.esm3.forward_sample.forward_and_sample` -> the JSON response bytes."""
+    from plmserve.models.esm3.forward_sample import forward_and_sample
+
+    samples, emb = forward_and_sample(model, tokens, configs, seed=body.seed)
+    content: dict[str, Any] = {}
+    for track in FORWARD_AND_SAMPLE_TRACKS:
+        sample = samples.get(track)
+        if sample is not None:
+            lst = lambda t: None if t is None else t.tolist()  # noqa: E731
+            content[track] = {"tokens": sample.tokens.tolist(), "logprobs": lst(sample.logprobs),
+                              "entropy": sample.entropy.tolist(), "topk_logprobs": lst(sample.topk_logprobs),
+                              "topk_tokens": lst(sample.topk_tokens)}  # fmt: skip
+        elif getattr(tokens, track) is not None:  # not sampled: echoed, as the official code
+            content[track] = {"tokens": getattr(tokens, track).tolist(), "logprobs": None, "entropy": None,
+                              "topk_logprobs": None, "topk_tokens": None}  # fmt: skip
+        else:
+            content[track] = None
+    cfg = body.embedding_config
+    content["embeddings"] = {"per_residue": emb.tolist() if cfg.per_residue else None,
+                             "sequence": emb.mean(0).tolist() if cfg.sequence else None}  # fmt: skip
+    content["potential_sequence_of_concern"] = False
+    # top-k entries of ids that cannot be sampled are -inf and unsampled sasa values inf (as the official
+    # tensors); JSON has no such numbers, so they go out as -Infinity / Infinity, which Python's json (the
+    # SDK's httpx) reads back as floats
+    return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+
+async def _esmc_forward_and_sample(request: Request, body: ForwardAndSampleRequest) -> Response:
+    """``forward_and_sample`` for an ESM C model (plmserve extension: reachable with
+    ``ESM3ForgeInferenceClient(model="esmc-...")``; the esm SDK's ESM C client has no such call):
+    the sequence track only, sampled from the ESM C logits with the ESM3 sequence sampler
+    (:func:`plmserve.models.esm3.forward_sample.sample_sequence_logits`); embeddings are the
+    final-LayerNorm output, as ESM C ``logits`` returns them.
+
+    Raises:
+        UnsupportedTrackError: a non-sequence track in ``inputs`` or ``sampling_config`` (422).
+    """
+    from plmserve.models.esm3.forward_sample import SamplingTrackConfig, sample_sequence_logits
+
+    _not_needed(body.inputs, ("sequence",), body.model)
+    for track, cfg in body.sampling_config.items():
+        if track not in FORWARD_AND_SAMPLE_TRACKS:
+            raise InvalidParameterError(
+                f"sampling_config.{track}: unknown track; known: {', '.join(FORWARD_AND_SAMPLE_TRACKS)}")
+        if track != "sequence" and cfg is not None:
+            raise UnsupportedTrackError(f"sampling_config.{track}: ESM C has only the sequence track")
+    seq_body = body.sampling_config.get("sequence")
+    cfg = SamplingTrackConfig(**seq_body.model_dump()) if seq_body is not None else None
+    if cfg is not None:
+        cfg.validate("sequence")
+    if body.seed is not None and not 0 <= body.seed < 2**63:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
+    ids = _token_list(body.inputs, ESMC_MAX_RESIDUES)
+    engine = await run_in_threadpool(request.app.state.models.get, body.model, "esmc")
+
+    def build() -> bytes:
+        (out,) = engine.forward_tokens([ids], logits=True, embeddings=True)
+        tokens = torch.tensor(ids, dtype=torch.long)
+        content: dict[str, Any] = {t: None for t in FORWARD_AND_SAMPLE_TRACKS}
+        if cfg is None:
+            content["sequence"] = {"tokens": ids, "logprobs": None, "entropy": None, "topk_logprobs": None,
+                                   "topk_tokens": None}  # fmt: skip
+        else:
+            smp = sample_sequence_logits(torch.from_numpy(out["logits"]), tokens, cfg, seed=body.seed)
+            lst = lambda t: None if t is None else t.tolist()  # noqa: E731
+            content["sequence"] = {"tokens": smp.tokens.tolist(), "logprobs": smp.logprobs.tolist(),
+                                   "entropy": smp.entropy.tolist(), "topk_logprobs": lst(smp.topk_logprobs),
+                                   "topk_tokens": lst(smp.topk_tokens)}  # fmt: skip
+        emb = torch.from_numpy(out["embeddings"])
+        ecfg = body.embedding_config
+        content["embeddings"] = {"per_residue": emb.tolist() if ecfg.per_residue else None,
+                                 "sequence": emb.mean(0).tolist() if ecfg.sequence else None}  # fmt: skip
+        content["potential_sequence_of_concern"] = False
+        if getattr(engine, "load_format", None) == "dummy":
+            content["warning_messages"] = ["this server runs the model with RANDOM weights (load-format=dummy)"]
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+    return Response(await run_in_threadpool(build), media_type="application/json")
+
+
+def _forward_and_sample_schema() -> dict:
+    from plmserve.api.forge import _schema
+
+    return _schema(ForwardAndSampleRequest)
+
+
+@router.post("/api/v1/forward_and_sample",
+             summary="ESM3: one forward pass and one sampling step per track (raw tokens in/out)",
+             openapi_extra=_forward_and_sample_schema())  # fmt: skip
+async def forward_and_sample_endpoint(request: Request, principal: Principal = Depends(require_principal)):
+    """``{"sequence": {"tokens", "logprobs", "entropy", "topk_logprobs", "topk_tokens"} | null, ...,
+    "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
+    :mod:`plmserve.models.esm3.forward_sample` (every track; ``sasa`` tokens are values in Å²,
+    ``inf`` where not sampled); ``esmc-*`` models: the sequence track only (extension)."""
+    from plmserve.api.forge import _engine_for, _get_model, _parse_body, _parse_tokens, _warnings
+    from plmserve.models.esm3.forward_sample import SamplingTrackConfig
+
+    body: ForwardAndSampleRequest = await _parse_body(request, ForwardAndSampleRequest)
+    family = _family(body.model)
+    if family == "esmc":
+        return await _esmc_forward_and_sample(request, body)
+    if family != "esm3":
+        raise InvalidParameterError(f"model '{body.model}': forward_and_sample is served for ESM3 and ESM C models")
+    configs: dict[str, Any] = {}
+    for track, cfg in body.sampling_config.items():
+        if track not in FORWARD_AND_SAMPLE_TRACKS:
+            raise InvalidParameterError(
+                f"sampling_config.{track}: unknown track; known: {', '.join(FORWARD_AND_SAMPLE_TRACKS)}")
+        if cfg is not None:
+            configs[track] = SamplingTrackConfig(**cfg.model_dump())
+            configs[track].validate(track)
+    if body.seed is not None and not 0 <= body.seed < 2**63:
+        raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
+    model = await _get_model(request, body.model)
+    tokens = await run_in_threadpool(_parse_tokens, body.inputs)
+    tokens.validate(getattr(getattr(model, "config", None), "residue_annotation_vocab_size", 1478))
+    engine = _engine_for(request.app, model)
+    raw = await asyncio.wrap_future(engine.submit_call(lambda m: _forward_and_sample_body(m, tokens, body, configs)))
+    if _warnings(model):
+        raw = raw[:-1] + b',"warning_messages":' + json.dumps(_warnings(model)).encode() + b"}"
+    return Response(raw, media_type="application/json")
+
+
 def include(app: FastAPI) -> None:
-    """Add ``/api/v1/encode``, ``/api/v1/decode`` and ``/api/v1/generate``."""
+    """Add ``/api/v1/encode``, ``/api/v1/decode`` ``/api/v1/generate`` and ``/api/v1/forward_and_sample``."""
     app.include_router(router)
 
 
