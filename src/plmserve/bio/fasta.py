@@ -97,3 +97,20 @@ def write_fasta(path_or_file: str | Path | TextIO, records: Iterable[Record | tu
         path_or_file.write(text)  # type: ignore[union-attr]
     else:
         Path(path_or_file).write_text(text)
+
+
+def csv_rows(text: str, source: str) -> list[list[str]]:
+    """The rows of a headerless CSV text (any line ending: ``\\n``, ``\\r\\n`` or a bare ``\\r``),
+    each a list of field strings; row *k* of the list is line *k + 1* of the text.
+
+    Raises:
+        InvalidInputError: the text is not CSV the ``csv`` module can read (e.g. a field over its
+            size limit), naming ``source`` and the line.
+    """
+    import csv
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise InvalidInputError(f"{source}: line {reader.line_num}: not readable as CSV ({exc})") from None

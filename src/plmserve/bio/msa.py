@@ -37,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from plmserve.bio.fasta import csv_rows
 from plmserve.errors import InvalidInputError
 
 MSAFormat = Literal["a3m", "fasta", "stockholm", "csv"]
@@ -312,7 +313,7 @@ def _read_stockholm(text: str, source: str) -> list[tuple[str, str, int]]:
 def _read_csv(text: str, source: str) -> list[tuple[str, str, int]]:
     records: list[tuple[str, str, int]] = []
     ncols: int | None = None
-    for lineno, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for lineno, fields in enumerate(csv_rows(text, source), start=1):
         fields = [f.strip() for f in fields]
         if not any(fields):
             continue

@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Literal
 
+from plmserve.bio.fasta import csv_rows
 from plmserve.errors import InvalidInputError
 
 SEPARATOR = "<END_PROMPT>"
@@ -44,7 +45,7 @@ def _parse_block(text: str, replicate: int, source: str) -> Prompt:
         if name is not None:
             records.append((name, "".join(chunks)))
     else:
-        for fields in csv.reader(io.StringIO(text.strip())):
+        for fields in csv_rows(text.strip(), str(source)):
             fields = [f.strip() for f in fields]
             if not any(fields):
                 continue

@@ -22,15 +22,13 @@ The work functions import the align service (:mod:`plmserve.align`) and the PoET
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from plmserve.bio.fasta import parse_fasta
+from plmserve.bio.fasta import csv_rows, parse_fasta
 from plmserve.errors import ConflictError, InvalidInputError, NotFoundError, PlmserveError
 from plmserve.jobs.executor import Handler, JobContext, JobOutput
 from plmserve.jobs.store import SUCCESS, JobRecord, JobStore
@@ -117,7 +115,7 @@ def parse_sequence_list(data: str | bytes, *, source: str = "file", default_name
         for rec in parse_fasta(text, source=source):
             rows.append((rec.name, rec.sequence))
     else:
-        for lineno, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+        for lineno, fields in enumerate(csv_rows(text, source), start=1):
             fields = [f.strip() for f in fields]
             if not fields or all(not f for f in fields):
                 continue
