@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from plmserve.bio.mutations import parse_mutant
 from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
+from plmserve.models.marginals import check_method, marginal_scores, parse_substitutions
 
 from .alphabet import (
     ALL_TOKENS,
@@ -671,40 +671,16 @@ class ESM2Engine:
                 of range, or a mutant residue outside the vocabulary (messages name the row, 0-based).
             InvalidParameterError: unknown method.
         """
-        if method not in ("masked_marginals", "wt_marginals"):
-            raise InvalidParameterError(
-                f"score_mutants: unknown method '{method}'; use 'masked_marginals' or 'wt_marginals'"
-            )
+        check_method(method)
         (wt,) = self.validate([wild_type])
-        if isinstance(mutants, str):
-            mutants = [mutants]
-        parsed = []
-        for row, code in enumerate(mutants):
-            subs = parse_mutant(str(code), wt, row=row)
-            for s in subs:
-                if s.mt not in RESIDUE_LETTERS:
-                    raise InvalidInputError(
-                        f"row {row}: mutation '{s}' has mutant residue '{s.mt}', not an amino-acid letter",
-                        item=row, character=s.mt,
-                    )  # fmt: skip
-            parsed.append(subs)
+        parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
         r = encode_residues(wt)
-        if method == "wt_marginals":
+
+        def wt_log_probs() -> np.ndarray:
             res = self._run(lambda: self._forward([r], logits=True))
-            lp = torch.log_softmax(res["logits"][0, 1 : len(r) + 1], dim=-1).double().cpu().numpy()
-            return np.array(
-                [sum(lp[s.index, TOKEN_ID[s.mt]] - lp[s.index, TOKEN_ID[s.wt]] for s in subs) for subs in parsed],
-                dtype=np.float64,
-            )
-        sets = sorted({tuple(sorted(s.index for s in subs)) for subs in parsed})
-        lps = self._masked_log_probs([(r, m) for m in sets])
-        table = {m: lp for m, lp in zip(sets, lps)}
-        scores = np.empty(len(parsed), dtype=np.float64)
-        for k, subs in enumerate(parsed):
-            m = tuple(sorted(s.index for s in subs))
-            lp = table[m]
-            scores[k] = sum(lp[m.index(s.index), TOKEN_ID[s.mt]] - lp[m.index(s.index), TOKEN_ID[s.wt]] for s in subs)
-        return scores
+            return torch.log_softmax(res["logits"][0, 1 : len(r) + 1], dim=-1).double().cpu().numpy()
+
+        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
 
     def __repr__(self) -> str:
         return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plmserve.bio.mutations import parse_mutant
 from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
+from plmserve.models.marginals import check_method, marginal_scores, parse_substitutions
 from plmserve.models.esm2.engine import _token_batches, resolve_device_dtype
 
 from .alphabet import (
@@ -567,38 +567,19 @@ class ESMCEngine:
             InvalidInputError: bad wild type or mutation code (names the 0-based row).
             InvalidParameterError: unknown method.
         """
-        if method not in ("masked_marginals", "wt_marginals"):
-            raise InvalidParameterError(
-                f"score_mutants: unknown method '{method}'; use 'masked_marginals' or 'wt_marginals'")
+        check_method(method)
         (wt,) = self.validate([wild_type])
-        if isinstance(mutants, str):
-            mutants = [mutants]
-        parsed = []
-        for row, code in enumerate(mutants):
-            subs = parse_mutant(str(code), wt, row=row)
-            for s in subs:
-                if s.mt not in RESIDUE_LETTERS:
-                    raise InvalidInputError(
-                        f"row {row}: mutation '{s}' has mutant residue '{s.mt}', not an amino-acid letter",
-                        item=row, character=s.mt)  # fmt: skip
-            parsed.append(subs)
+        parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
         r = encode_residues(wt)
-        if method == "wt_marginals":
+
+        def wt_log_probs() -> np.ndarray:
             def one():
                 res = self._forward(self._token_tensor(self._residue_tokens([r])), logits=True)
                 return torch.log_softmax(res["logits"][0, 1:len(r) + 1], dim=-1).double().cpu().numpy()
 
-            lp = self._run(one)
-            return np.array([sum(lp[s.index, TOKEN_ID[s.mt]] - lp[s.index, TOKEN_ID[s.wt]] for s in subs)
-                             for subs in parsed], dtype=np.float64)  # fmt: skip
-        sets = sorted({tuple(sorted(s.index for s in subs)) for subs in parsed})
-        table = dict(zip(sets, self._masked_log_probs([(r, m) for m in sets])))
-        scores = np.empty(len(parsed), dtype=np.float64)
-        for k, subs in enumerate(parsed):
-            m = tuple(sorted(s.index for s in subs))
-            lp = table[m]
-            scores[k] = sum(lp[m.index(s.index), TOKEN_ID[s.mt]] - lp[m.index(s.index), TOKEN_ID[s.wt]] for s in subs)
-        return scores
+            return self._run(one)
+
+        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
 
     def __repr__(self) -> str:
         return (f"ESMCEngine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
