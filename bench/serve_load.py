@@ -117,6 +117,37 @@ def probe(base: str, model: str, seq: str, stop: threading.Event, out: list[floa
             time.sleep(max(0.0, interval - (time.perf_counter() - t0)))
 
 
+def batch_stats(base: str, model: str) -> dict[str, float]:
+    """The server's own batch counters for ``model`` from ``/metrics`` (Prometheus text format):
+    ``{"batches", "items", "padded_tokens"}`` so far (summed over the main and short-request lanes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"batches": 0.0, "items": 0.0, "padded_tokens": 0.0}
+    text = httpx.get(f"{base}/metrics", headers=AUTH, timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "plmserve_batch_size_count":
+                out["batches"] += sample.value
+            elif sample.name == "plmserve_batch_size_sum":
+                out["items"] += sample.value
+            elif sample.name == "plmserve_batch_tokens_sum":
+                out["padded_tokens"] += sample.value
+    return out
+
+
+def _mean(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    batches = after["batches"] - before["batches"]
+    return round((after[key] - before[key]) / batches, 2) if batches else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def p95(values: list[float]) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
@@ -148,9 +179,13 @@ def main() -> None:
 
             print(f"idle probe p50 {statistics.median(idle):.3f} s", file=sys.stderr, flush=True)
             single = Client(base, args.model, seqs, args.requests, seed=0)
+            before_single = batch_stats(base, args.model)
+            cpu0 = (time.process_time(), cpu_seconds(proc.pid))
             t0 = time.perf_counter()
             single.run()
             single_s = time.perf_counter() - t0
+            cpu1 = (time.process_time(), cpu_seconds(proc.pid))
+            before_conc = batch_stats(base, args.model)
             print(f"single client: {single.residues / single_s:.1f} residues/s, {single.errors} errors",
                   file=sys.stderr, flush=True)
 
@@ -167,8 +202,10 @@ def main() -> None:
             for t in threads:
                 t.join()
             conc_s = time.perf_counter() - t0
+            cpu2 = (time.process_time(), cpu_seconds(proc.pid))
             stop.set()
             prober.join()
+            after_conc = batch_stats(base, args.model)
         finally:
             proc.terminate()
             try:
@@ -196,6 +233,18 @@ def main() -> None:
         "probe_p95_over_idle": round(loaded_p95 / idle_p50, 2),
         "probes_loaded": len(loaded),
         "errors": errors,
+        # the server's batches in each phase (the concurrent one includes the probe's short-lane batches)
+        "single_mean_batch_items": _mean(before_single, before_conc, "items"),
+        "concurrent_mean_batch_items": _mean(before_conc, after_conc, "items"),
+        # the 20 clients' batches alone (each probe request is one batch of one item)
+        "concurrent_mean_batch_items_without_probe": _mean(
+            before_conc, {k: v - len(loaded) for k, v in after_conc.items() if k != "padded_tokens"}, "items"),
+        # CPU seconds per second of each phase: the server process, and this load generator (its
+        # client threads run on the same cores)
+        "single_server_cpu_per_s": round((cpu1[1] - cpu0[1]) / single_s, 2),
+        "single_client_cpu_per_s": round((cpu1[0] - cpu0[0]) / single_s, 2),
+        "concurrent_server_cpu_per_s": round((cpu2[1] - cpu1[1]) / conc_s, 2),
+        "concurrent_client_cpu_per_s": round((cpu2[0] - cpu1[0]) / conc_s, 2),
         "loadavg_1m_start_end": [load_start, round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
     }))
