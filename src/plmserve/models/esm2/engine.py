@@ -676,11 +676,31 @@ class ESM2Engine:
         parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
         r = encode_residues(wt)
 
-        def wt_log_probs() -> np.ndarray:
-            res = self._run(lambda: self._forward([r], logits=True))
-            return torch.log_softmax(res["logits"][0, 1 : len(r) + 1], dim=-1).double().cpu().numpy()
+        return marginal_scores(parsed, r, TOKEN_ID, method, lambda: self.unmasked_log_probs([r])[0],
+                               self._masked_log_probs)
 
-        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
+    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``log_softmax`` over the full vocabulary at every residue position of unmasked sequences
+        (the wild-type pass of ``wt_marginals``; batched by length, padding masked).
+
+        Args:
+            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
+
+        Returns:
+            Per row, float64 ``[L_i, 33]`` (column = token id), rows in input order.
+        """
+        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
+        out: list[np.ndarray | None] = [None] * len(rows)
+
+        def work():
+            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
+                res = self._forward([rows[i] for i in batch], logits=True)
+                lp = torch.log_softmax(res["logits"], dim=-1)
+                for b, i in enumerate(batch):
+                    out[i] = lp[b, 1 : len(rows[i]) + 1].double().cpu().numpy()
+
+        self._run(work)
+        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "

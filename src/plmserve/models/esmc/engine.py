@@ -133,7 +133,9 @@ class ESMCEngine:
         self.toks_per_batch = max(int(toks_per_batch), 1024)
         self.residual_scale = math.sqrt(self.num_layers / 36)
         self._inv_scale = 1.0 / self.residual_scale
-        self._lock = threading.Lock()
+        # up to two forward passes at once (the forward keeps no shared state): the batching
+        # scheduler's short-request lane runs beside a long batch instead of waiting for it
+        self._lock = threading.BoundedSemaphore(2)
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fuse()
 
@@ -340,6 +342,28 @@ class ESMCEngine:
 
     # ---------------------------------------------------------------- Forge-level forward
 
+    def check_forward_tokens(self, token_ids: Sequence[Sequence[int]], *, hidden_states: str | None = None,
+                             ith_hidden_layer: int = -1) -> list[np.ndarray]:
+        """Validate the arguments of :meth:`forward_tokens` (before any work is queued); returns
+        the rows as int64 arrays.
+
+        Raises:
+            InvalidParameterError: unknown convention, ``ith_hidden_layer`` out of range, or a token
+                id outside 0..63 (names the 0-based item).
+        """
+        n = self.num_layers
+        if hidden_states is not None and hidden_states not in HIDDEN_CONVENTIONS:
+            raise InvalidParameterError(f"hidden_states convention must be one of {HIDDEN_CONVENTIONS}")
+        count = n + 1 if hidden_states == "hf" else n
+        if hidden_states is not None and not -1 <= ith_hidden_layer < count:
+            raise InvalidParameterError(
+                f"ith_hidden_layer {ith_hidden_layer} is out of range: -1 (all) or 0..{count - 1} for {self.slug}")
+        rows = [np.asarray(r, dtype=np.int64) for r in token_ids]
+        for item, r in enumerate(rows):
+            if r.ndim != 1 or r.size == 0 or (r < 0).any() or (r >= 64).any():
+                raise InvalidParameterError(f"item {item}: token ids must be a non-empty list of integers in 0..63")
+        return rows
+
     def forward_tokens(self, token_ids: Sequence[Sequence[int]], *, logits: bool = True, embeddings: bool = False,
                        hidden_states: str | None = None, ith_hidden_layer: int = -1) -> list[dict[str, np.ndarray]]:
         """Raw outputs for token-id rows (``<cls>`` ... ``<eos>`` included), as the official
@@ -362,16 +386,8 @@ class ESMCEngine:
                 id outside 0..63.
         """
         n = self.num_layers
-        if hidden_states is not None and hidden_states not in HIDDEN_CONVENTIONS:
-            raise InvalidParameterError(f"hidden_states convention must be one of {HIDDEN_CONVENTIONS}")
+        rows = self.check_forward_tokens(token_ids, hidden_states=hidden_states, ith_hidden_layer=ith_hidden_layer)
         count = n + 1 if hidden_states == "hf" else n
-        if hidden_states is not None and not -1 <= ith_hidden_layer < count:
-            raise InvalidParameterError(
-                f"ith_hidden_layer {ith_hidden_layer} is out of range: -1 (all) or 0..{count - 1} for {self.slug}")
-        rows = [np.asarray(r, dtype=np.int64) for r in token_ids]
-        for item, r in enumerate(rows):
-            if r.ndim != 1 or r.size == 0 or (r < 0).any() or (r >= 64).any():
-                raise InvalidParameterError(f"item {item}: token ids must be a non-empty list of integers in 0..63")
         if hidden_states is None:
             entries: list[int] = []
         elif ith_hidden_layer >= 0:
@@ -571,15 +587,44 @@ class ESMCEngine:
         (wt,) = self.validate([wild_type])
         parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
         r = encode_residues(wt)
+        return marginal_scores(parsed, r, TOKEN_ID, method, lambda: self.unmasked_log_probs([r])[0],
+                               self._masked_log_probs)
 
-        def wt_log_probs() -> np.ndarray:
-            def one():
-                res = self._forward(self._token_tensor(self._residue_tokens([r])), logits=True)
-                return torch.log_softmax(res["logits"][0, 1:len(r) + 1], dim=-1).double().cpu().numpy()
+    def masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
+        """Public form of the masked pass used by ``pll`` and ``masked_marginals`` (the batching
+        scheduler batches these passes across requests).
 
-            return self._run(one)
+        Args:
+            jobs: ``(residue_ids int64[L], positions)``: the 0-based positions masked together.
 
-        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
+        Returns:
+            Per job, float64 ``[len(positions), 64]``: ``log_softmax`` over the head's 64 columns at
+            the masked positions (column = token id).
+        """
+        return self._masked_log_probs(jobs)
+
+    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``log_softmax`` over the head's 64 columns at every residue position of unmasked sequences
+        (the wild-type pass of ``wt_marginals``; batched by length, pad keys masked).
+
+        Args:
+            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
+
+        Returns:
+            Per row, float64 ``[L_i, 64]`` (column = token id), rows in input order.
+        """
+        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
+        out: list[np.ndarray | None] = [None] * len(rows)
+
+        def work():
+            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
+                res = self._forward(self._token_tensor(self._residue_tokens([rows[i] for i in batch])), logits=True)
+                lp = torch.log_softmax(res["logits"], dim=-1)
+                for bi, i in enumerate(batch):
+                    out[i] = lp[bi, 1:len(rows[i]) + 1].double().cpu().numpy()
+
+        self._run(work)
+        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (f"ESMCEngine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
