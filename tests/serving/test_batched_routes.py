@@ -333,3 +333,37 @@ def test_disconnected_client_units_are_dropped(client, route):
                    if s.name.endswith("_total") and s.labels.get("model") == label
                    and s.labels.get("outcome") == "canceled")  # fmt: skip
     assert canceled == canceled0 + 1
+
+
+@pytest.mark.parametrize("slug", ["esm2-8m", "esmc-300m"])
+@pytest.mark.parametrize("method", ["masked_marginals", "wt_marginals"])
+def test_scheduled_variant_scores_equal_the_engine(client, engines, slug, method):
+    """:func:`score_mutants_batched` (both families; ESM C has no HTTP scoring route yet) equals the
+    engine's own ``score_mutants``, and concurrent scorings share a batch."""
+    from types import SimpleNamespace
+
+    from plmserve.serving.methods_marginals import score_mutants_batched
+
+    engine = engines[slug]
+    held = Held(client, slug)
+    mutants = [[f"{WT[0]}1A", f"{WT[4]}5W:{WT[6]}7P"], [f"{WT[29]}30K", f"{WT[4]}5Y"]]
+
+    async def never() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def both():
+        request = SimpleNamespace(app=client.app, receive=never)
+        return await asyncio.gather(*[score_mutants_batched(request, slug, engine, WT, m, method,
+                                                            family=FAMILY[slug]) for m in mutants])
+
+    units = 4 if method == "masked_marginals" else 2  # distinct position sets per call / one pass per call
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(asyncio.run(both())))
+    with held:
+        worker.start()
+        held.wait_queued(units)
+    worker.join(60)
+    assert held.batches == 1 and held.units == units
+    for m, got in zip(mutants, box[0]):
+        close(got, engine.score_mutants(WT, m, method=method))
