@@ -521,7 +521,8 @@ async def run_batched(request: Any, slug: str, method: str, items: Sequence[Any]
     if limit and len(units) > limit:
         raise LimitExceededError(
             f"this request needs {len(units)} forward passes; at most {limit} per request (server setting "
-            "PLMSERVE_MAX_FORWARD_PASSES; log_prob with the pseudo-log-likelihood costs one pass per residue)")
+            "PLMSERVE_MAX_FORWARD_PASSES; log_prob with the pseudo-log-likelihood costs one pass per residue, "
+            "score_variants one per distinct set of mutated positions)")
     from plmserve.models.registry import get_spec
 
     sched = get_scheduler(app, get_spec(slug, family).slug, engine)
