@@ -106,7 +106,7 @@ def test_biolm_routes_served_by_the_pool_answer_like_in_process(pool, settings, 
 
     body = {"params": {"include": ["mean", "per_token", "contacts", "logits"]}, "items": [{"sequence": s} for s in SEQS[:3]]}
     auth = {"Authorization": "Token k"}
-    answers = []
+    answers, extra = [], []
     before = sum(i["calls"] for i in _infos(pool, ray_driver))
     for replicas in ({"esm2-8m": 2}, {}):
         s = settings.model_copy(update={"api_keys": ["k"], "model_replicas": replicas})
@@ -116,10 +116,24 @@ def test_biolm_routes_served_by_the_pool_answer_like_in_process(pool, settings, 
             bad = client.post("/api/v2/esm2-8m/encode/", json={"items": [{"sequence": "MKT*"}]}, headers=auth)
             assert enc.status_code == lp.status_code == 200 and bad.status_code == 400
             answers.append((enc.json(), lp.json(), bad.json()))
+            # BioLM v3 and score_variants take the same path (pool, or the in-process scheduler)
+            v3 = client.post("/api/v3/esm2-8m/encode/", json=body, headers=auth)
+            sv = client.post("/api/v2/esm2-8m/score_variants/", headers=auth, json={
+                "params": {"wild_type": SEQS[0]}, "items": [{"mutant": "M1A"}, {"mutant": "K2W:T3C"}]})
+            assert v3.status_code == sv.status_code == 200, (v3.text, sv.text)
+            extra.append((v3.json(), sv.json()))
             if replicas:  # the pool did the work; the API process loaded no model
                 assert client.app.state.models.loaded() == []
     assert sum(i["calls"] for i in _infos(pool, ray_driver)) > before
     (enc_pool, lp_pool, bad_pool), (enc_local, lp_local, bad_local) = answers
+    (v3_pool, sv_pool), (v3_local, sv_local) = extra
+    np.testing.assert_allclose([r["score"] for r in sv_pool["results"]], [r["score"] for r in sv_local["results"]],
+                               rtol=1e-5, atol=1e-6)
+    for a, b in zip(v3_pool["results"], v3_local["results"]):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(a["contacts"], b["contacts"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a["embeddings"][0]["embedding"], b["embeddings"][0]["embedding"], rtol=1e-5,
+                                   atol=1e-6)
     assert bad_pool == bad_local
     np.testing.assert_allclose([r["log_prob"] for r in lp_pool["results"]],
                                [r["log_prob"] for r in lp_local["results"]], rtol=1e-5)

@@ -15,7 +15,7 @@ variant effect scores, the ESM-1v / ProteinGym zero-shot method).
 This module is a thin adapter: the numbers come from the ESM-2 engine
 (``plmserve.models.esm2``); here live the wire schema, the request limits and the conversion of
 numpy arrays to BioLM's JSON (layer keys as strings, float32 values as JSON numbers).
-encode, predict and log_prob go through the model's batching scheduler
+encode, predict, log_prob and score_variants go through the model's batching scheduler
 (:func:`plmserve.serving.scheduler.run_batched`): requests of all clients share forward passes,
 fairly, and the event loop never waits for a model.
 """
@@ -290,29 +290,21 @@ async def _run_json(engine: Any, build) -> Response:
 
 
 async def _get_engine(request: Request, slug: str) -> Any:
-    spec = get_spec(slug, family="esm2")  # unknown slug -> 404 before anything is loaded
-    # --- issue 11 hook: models with Ray replicas (PLMSERVE_MODEL_REPLICAS) run on the model pool
-    from plmserve.cluster.model_pool import remote_engine
+    """The ESM-2 model (unknown slug -> 404 first): a Ray ``RemoteEngine`` when it has replicas
+    (issue 11, ``PLMSERVE_MODEL_REPLICAS``), else the in-process engine (:mod:`plmserve.serving.dispatch`)."""
+    from plmserve.serving.dispatch import get_engine
 
-    remote = await run_in_threadpool(remote_engine, request.app.state, spec.slug)
-    if remote is not None:
-        return remote
-    # --- end of the issue 11 hook
-    models = request.app.state.models
-    return await run_in_threadpool(models.get, slug, "esm2")
+    return await get_engine(request, slug, "esm2")
 
 
 async def _compute(request: Request, slug: str, engine: Any, operation: str, seqs: list[str], /, *,
                    principal: Principal, **params: Any) -> list[Any]:
     """``engine.<operation>(seqs, **params)``, one result per sequence in order: on the Ray model pool
-    when the model has replicas (``engine`` is then a :class:`~plmserve.cluster.model_pool.RemoteEngine`;
-    each replica batches the request itself), otherwise through the in-process batching scheduler
-    shared by every client (:func:`~plmserve.serving.scheduler.run_batched`)."""
-    from plmserve.cluster.model_pool import RemoteEngine
+    when the model has replicas, otherwise through the in-process batching scheduler shared by every
+    client (:func:`plmserve.serving.dispatch.compute`)."""
+    from plmserve.serving.dispatch import compute
 
-    if isinstance(engine, RemoteEngine):
-        return await run_in_threadpool(getattr(engine, operation), seqs, **params)
-    return await run_batched(request, slug, operation, seqs, principal=principal, **params)
+    return await compute(request, slug, engine, operation, seqs, family="esm2", principal=principal, **params)
 
 
 router = APIRouter(tags=["BioLM ESM-2"])
@@ -397,10 +389,12 @@ async def score_variants(slug: str, body: ScoreVariantsRequest, request: Request
             parse_mutant(code, wild_type)
         except InvalidInputError as exc:
             raise InvalidInputError(f"item {i}: {exc}", item=i) from None
-    method = body.params.method
+    from plmserve.serving.dispatch import score_mutants as scheduled_scores
+
+    scores = await scheduled_scores(request, slug, engine, wild_type, mutants, body.params.method, family="esm2",
+                                    principal=principal)  # the passes go through the batching scheduler
 
     def build() -> dict:
-        scores = np.asarray(engine.score_mutants(wild_type, mutants, method=method), dtype=float).tolist()
         return {"results": [{"mutant": m, "score": s} for m, s in zip(mutants, scores)]}
 
     return await _run_json(engine, build)

@@ -35,6 +35,9 @@ unmasked forward pass, log-softmax over the 20 canonical amino acids, summed ove
 ``params.method = "pll"`` (a plmserve extension) asks for the masked pseudo-log-likelihood
 instead (L forward passes; see the engines' ``log_prob``).
 
+Every action runs through the model's batching scheduler (:mod:`plmserve.serving.dispatch`; on the
+Ray model pool when the model has replicas): requests of all clients share forward passes.
+
 Limits as BioLM's: at most ``Settings.biolm_v3_max_items`` (8) items, 1..2048 residues per item
 (ESM-2's engine allows 1024).
 """
@@ -162,7 +165,18 @@ def _family(slug: str) -> str:
 
 
 async def _engine(request: Request, slug: str, family: str) -> Any:
-    return await run_in_threadpool(request.app.state.models.get, slug, family)
+    """The model: a Ray ``RemoteEngine`` when it has replicas, else the in-process engine."""
+    from plmserve.serving.dispatch import get_engine
+
+    return await get_engine(request, slug, family)
+
+
+async def _compute(request: Request, slug: str, family: str, engine: Any, operation: str, seqs: list[str],
+                   principal: Principal, **params: Any) -> list[Any]:
+    """``engine.<operation>(seqs, **params)`` through the model's batching scheduler (or its Ray pool)."""
+    from plmserve.serving.dispatch import compute
+
+    return await compute(request, slug, engine, operation, seqs, family=family, principal=principal, **params)
 
 
 def _check_items(items: list[V3Item], settings: Any) -> list[str]:
@@ -226,9 +240,10 @@ async def encode(slug: str, body: V3EncodeRequest, request: Request,
         _check_alphabet(seqs, ESMC_ENCODE_ALPHABET, "ESM C encode (ACDEFGHIKLMNPQRSTVWY, BXZUO, -)")
     check_total_residues(seqs, settings)
     vocab = list(engine.alphabet_tokens)
+    outs = await _compute(request, slug, family, engine, "encode", seqs, principal, include=list(include),
+                          repr_layers=list(layers))
 
     def build() -> dict:
-        outs = engine.encode(seqs, include=tuple(include), repr_layers=tuple(layers))
         results = []
         for i, o in enumerate(outs):
             r: dict[str, Any] = {"sequence_index": i} if family == "esm2" else {}
@@ -279,10 +294,11 @@ async def predict(slug: str, body: V3PredictRequest, request: Request,
         _check_alphabet(seqs, ESMC_ENCODE_ALPHABET, "ESM C predict (ACDEFGHIKLMNPQRSTVWY, BXZUO, -, <mask>)")
     check_total_residues(seqs, settings)
     vocab = list(engine.alphabet_tokens)
+    outs = await _compute(request, slug, family, engine, "predict", seqs, principal)
 
     def build() -> dict:
         results = []
-        for o in engine.predict(seqs):
+        for o in outs:
             toks = list(o["sequence_tokens"])
             if family == "esmc":
                 toks = ["_" if t == "<mask>" else t for t in toks]
@@ -305,8 +321,8 @@ async def log_prob(slug: str, body: V3LogProbRequest, request: Request,
     if family == "esmc":
         _check_alphabet(seqs, CANONICAL, "ESM C log_prob (only the 20 canonical amino acids)")
     check_total_residues(seqs, settings)
-    method = body.params.method
-    return await _respond(lambda: {"results": [{"log_prob": float(v)} for v in engine.log_prob(seqs, method=method)]})
+    values = await _compute(request, slug, family, engine, "log_prob", seqs, principal, method=body.params.method)
+    return await _respond(lambda: {"results": [{"log_prob": float(v)} for v in values]})
 
 
 async def schema(slug: str, action: str, request: Request) -> JSONResponse:

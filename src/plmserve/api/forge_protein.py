@@ -212,6 +212,22 @@ def is_esmc(model_name: Any) -> bool:
         return False
 
 
+async def _esmc_engine(request: Request, name: str) -> Any:
+    """The ESM C model ``name``: a Ray ``RemoteEngine`` when it has replicas, else the in-process engine."""
+    from plmserve.serving.dispatch import get_engine
+
+    return await get_engine(request, name, "esmc")
+
+
+async def _esmc_forward(request: Request, name: str, engine: Any, ids: list[int], **params: Any) -> list[dict]:
+    """``engine.forward_tokens([ids], **params)`` through the model's batching scheduler (requests of
+    every client share forward passes; the Ray pool for a model with replicas)."""
+    from plmserve.serving.dispatch import compute
+
+    return await compute(request, name, engine, "forward_tokens", [ids], family="esmc",
+                         principal=getattr(request.state, "principal", None), **params)
+
+
 async def esmc_logits(request: Request, data: dict[str, Any]) -> Response:
     """``POST /api/v1/logits`` for an ESM C model (conventions in the module docstring).
 
@@ -241,13 +257,13 @@ async def esmc_logits(request: Request, data: dict[str, Any]) -> Response:
         ith = -1
     if isinstance(ith, bool) or not isinstance(ith, int):
         raise InvalidInputError("logits_config.ith_hidden_layer must be an integer")
-    engine = await run_in_threadpool(request.app.state.models.get, model_name, "esmc")
+    engine = await _esmc_engine(request, model_name)
     as_bytes = _wants_bytes(request)
+    (out,) = await _esmc_forward(request, model_name, engine, ids, logits=want_logits, embeddings=want_emb,
+                                 hidden_states="hf" if want_hidden else None,
+                                 ith_hidden_layer=ith if want_hidden else -1)  # fmt: skip
 
     def build() -> bytes:
-        (out,) = engine.forward_tokens([ids], logits=want_logits, embeddings=want_emb,
-                                       hidden_states="hf" if want_hidden else None,
-                                       ith_hidden_layer=ith if want_hidden else -1)  # fmt: skip
         enc = _to_bytes if as_bytes else (lambda t: t.tolist())
         logits = {"sequence": torch.from_numpy(out["logits"])[None]} if want_logits else {}
         emb = torch.from_numpy(out["embeddings"]) if want_emb else None
@@ -411,10 +427,11 @@ async def _esmc_forward_and_sample(request: Request, body: ForwardAndSampleReque
     if body.seed is not None and not 0 <= body.seed < 2**63:
         raise InvalidParameterError(f"seed must be an integer in [0, 2**63), got {body.seed}")
     ids = _token_list(body.inputs, ESMC_MAX_RESIDUES)
-    engine = await run_in_threadpool(request.app.state.models.get, body.model, "esmc")
+    engine = await _esmc_engine(request, body.model)
+    (out,) = await _esmc_forward(request, body.model, engine, ids, logits=True, embeddings=True, hidden_states=None,
+                                 ith_hidden_layer=-1)  # fmt: skip
 
     def build() -> bytes:
-        (out,) = engine.forward_tokens([ids], logits=True, embeddings=True)
         tokens = torch.tensor(ids, dtype=torch.long)
         content: dict[str, Any] = {t: None for t in FORWARD_AND_SAMPLE_TRACKS}
         if cfg is None:

@@ -29,7 +29,9 @@ no code taken from either):
 
 The entry point for routes is :func:`run_batched`; the per-family computations are
 :class:`BatchMethod` objects registered with :func:`register_method` (ESM-2's ``encode``,
-``predict`` and ``log_prob`` are registered here; other families add theirs the same way).
+``predict`` and ``log_prob`` are registered here; ESM C's in :mod:`plmserve.serving.methods_esmc`, the
+variant-scoring passes in :mod:`plmserve.serving.methods_marginals`; other families add theirs the same
+way). Routes reach it through :mod:`plmserve.serving.dispatch` (Ray model pool or this scheduler).
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ def register_method(family: str, name: str, method: BatchMethod) -> None:
 
 
 def get_method(family: str, name: str) -> BatchMethod:
-    """The registered :class:`BatchMethod`; KeyError when none."""
+    """The registered :class:`BatchMethod`; KeyError when none. ESM C's methods and the variant-
+    scoring passes of both families live in ``methods_esmc`` / ``methods_marginals`` (imported here
+    on first use)."""
+    if (family, name) not in _METHODS:
+        from plmserve.serving import methods_esmc, methods_marginals  # noqa: F401  (they register)
     return _METHODS[(family, name)]
 
 
@@ -515,7 +521,8 @@ async def run_batched(request: Any, slug: str, method: str, items: Sequence[Any]
     if limit and len(units) > limit:
         raise LimitExceededError(
             f"this request needs {len(units)} forward passes; at most {limit} per request (server setting "
-            "PLMSERVE_MAX_FORWARD_PASSES; log_prob with the pseudo-log-likelihood costs one pass per residue)")
+            "PLMSERVE_MAX_FORWARD_PASSES; log_prob with the pseudo-log-likelihood costs one pass per residue, "
+            "score_variants one per distinct set of mutated positions)")
     from plmserve.models.registry import get_spec
 
     sched = get_scheduler(app, get_spec(slug, family).slug, engine)

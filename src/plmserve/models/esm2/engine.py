@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
-from plmserve.models.marginals import check_method, marginal_scores, parse_substitutions
+from plmserve.errors import InvalidParameterError, ModelLoadError
+from plmserve.models.engine_common import (  # noqa: F401 (resolve_device_dtype re-exported)
+    MaskedLMEngineBase,
+    resolve_device_dtype,
+    resolve_layer_numbers,
+    token_batches,
+)
 
 from .alphabet import (
     ALL_TOKENS,
@@ -69,51 +73,11 @@ class _StopForward(Exception):
     """Raised by a hook once every requested layer has been computed."""
 
 
-def resolve_device_dtype(device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"):
-    """``auto`` device = CUDA when available else CPU; ``auto`` dtype = float32 on CPU, bfloat16 on CUDA.
-
-    Raises:
-        InvalidParameterError: an unknown dtype name, or half precision requested on CPU.
-    """
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}  # fmt: skip
-    if dtype in (None, "auto"):
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    elif isinstance(dtype, str):
-        if dtype.lower() not in names:
-            raise InvalidParameterError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
-        dtype = names[dtype.lower()]
-    return device, dtype
+# shared with the ESM C engine (re-exported under their former names)
+_token_batches = token_batches
 
 
-def _token_batches(lengths: Sequence[int], toks_per_batch: int, *, square_budget: int | None = None) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length (longest first), each batch's padded token
-    count ``n_seqs x max(T)`` within ``toks_per_batch`` (a single longer sequence is its own batch).
-    With ``square_budget``, ``n_seqs x max(T)^2`` is also bounded (attention maps)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    cur_max = 0
-    for i in order:
-        t = lengths[i] + 2
-        new_max = max(cur_max, t)
-        fits = (len(cur) + 1) * new_max <= toks_per_batch
-        if square_budget is not None:
-            fits = fits and (len(cur) + 1) * new_max * new_max <= square_budget
-        if cur and not fits:
-            batches.append(cur)
-            cur, new_max = [], t
-        cur.append(i)
-        cur_max = new_max
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-class ESM2Engine:
+class ESM2Engine(MaskedLMEngineBase):
     """An ESM-2 model ready for inference.
 
     Attributes:
@@ -133,6 +97,13 @@ class ESM2Engine:
     """
 
     alphabet_tokens: list[str] = list(STANDARD_AA)
+    _residue_letters = RESIDUE_LETTERS
+    _token_id = TOKEN_ID
+    _standard_ids = np.arange(STANDARD_SLICE.start, STANDARD_SLICE.stop, dtype=np.int64)
+    _encode_residues = staticmethod(encode_residues)
+    _validate_sequences = staticmethod(validate_sequences)
+    _split_tokens = staticmethod(split_tokens)
+    _mask_token = MASK_TOKEN
 
     def __init__(
         self,
@@ -163,9 +134,7 @@ class ESM2Engine:
         self.source = source
         self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
         self.has_contact_head = has_contact_head
-        # up to two forward passes at once (the hook state is thread-local): the batching
-        # scheduler's short-request lane runs beside a long batch instead of waiting for it
-        self._lock = threading.BoundedSemaphore(2)
+        self._init_slots()  # two forward passes at once (the hook state is thread-local)
         self._install_hooks()
 
     # ---------------------------------------------------------------- constructors
@@ -279,15 +248,6 @@ class ESM2Engine:
 
     # ---------------------------------------------------------------- validation
 
-    def validate(self, sequences: Sequence[str], *, allow_mask: bool = False) -> list[str]:
-        """Normalised sequences (whitespace removed, upper case).
-
-        Raises:
-            InvalidInputError: names the 0-based item, the 1-based position and the character;
-                empty sequences; sequences longer than :attr:`max_residues`.
-        """
-        return validate_sequences(sequences, max_residues=self.max_residues, allow_mask=allow_mask)
-
     def resolve_layers(self, repr_layers: Sequence[int]) -> list[int]:
         """Layer numbers made non-negative (``-1`` = ``n``), duplicates removed, order kept.
 
@@ -295,22 +255,7 @@ class ESM2Engine:
             InvalidParameterError: a layer outside ``[-(n+1), n]`` (the message names the range).
         """
         n = self.num_layers
-        if isinstance(repr_layers, (int, np.integer)):
-            repr_layers = [int(repr_layers)]
-        out: list[int] = []
-        for layer in repr_layers:
-            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-                raise InvalidParameterError(f"repr_layers must be integers, got {layer!r}")
-            layer = int(layer)
-            if not -(n + 1) <= layer <= n:
-                raise InvalidParameterError(
-                    f"repr_layers: layer {layer} is out of range for {self.slug} ({n} layers); "
-                    f"valid range is [{-(n + 1)}, {n}]"
-                )
-            resolved = layer if layer >= 0 else layer + n + 1
-            if resolved not in out:
-                out.append(resolved)
-        return out
+        return resolve_layer_numbers(repr_layers, low=-(n + 1), high=n, slug=self.slug, what=f"{n} layers")
 
     # ---------------------------------------------------------------- core forward
 
@@ -404,10 +349,6 @@ class ESM2Engine:
         if attentions:
             result["attentions"] = torch.stack(att_rows, 0)
         return result
-
-    def _run(self, fn):
-        with self._lock, torch.inference_mode():
-            return fn()
 
     # ---------------------------------------------------------------- encode
 
@@ -549,31 +490,8 @@ class ESM2Engine:
         self._run(work)
         return out
 
-    # ---------------------------------------------------------------- predict
-
-    def predict(self, sequences: Sequence[str]) -> list[dict[str, Any]]:
-        """Logits for sequences with one or more ``<mask>`` tokens (BioLM ``predict``).
-
-        Returns:
-            Per sequence, in input order: ``logits`` float32 ``[L, 20]`` at every residue/mask
-            position (columns :attr:`alphabet_tokens`), ``sequence_tokens`` (the input split into
-            tokens, ``<mask>`` as one token).
-
-        Raises:
-            InvalidInputError: bad sequences, or a sequence without ``<mask>`` (names the item).
-        """
-        seqs = self.validate(sequences, allow_mask=True)
-        for item, s in enumerate(seqs):
-            if "<MASK>" not in s:
-                raise InvalidInputError(
-                    f"item {item}: predict needs at least one {MASK_TOKEN} token in the sequence", item=item
-                )
-        out = self.encode(seqs, include=("logits",), repr_layers=())
-        return [
-            {"logits": r["logits"], "sequence_tokens": split_tokens(s, item=i)} for i, (r, s) in enumerate(zip(out, seqs))
-        ]
-
     # ---------------------------------------------------------------- log-likelihoods
+    # (predict, log_prob, masked_log_probs, score_mutants: MaskedLMEngineBase)
 
     def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
         """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model,
@@ -596,91 +514,34 @@ class ESM2Engine:
         self._run(work)
         return out  # type: ignore[return-value]
 
-    def masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
-        """Public form of the masked pass used by ``pll`` and ``masked_marginals`` (for schedulers
-        that batch the L passes of a pseudo-log-likelihood across requests).
+    def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
+        """BioLM's ``log_prob`` of one sequence (matches ``biolm_expected.json``): log-softmax of the
+        ``[L, 20]`` logits (float32, then float64), summed at the standard residues ``keep``."""
+        lp = torch.log_softmax(torch.from_numpy(logits), dim=-1).double().numpy()
+        return float(lp[keep, residues[keep] - STANDARD_SLICE.start].sum())
+
+    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``log_softmax`` over the full vocabulary at every residue position of unmasked sequences
+        (the wild-type pass of ``wt_marginals``; batched by length, padding masked).
 
         Args:
-            jobs: ``(residue_ids int64[L], positions)``: the 0-based positions masked together.
+            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
 
         Returns:
-            Per job, float64 ``[len(positions), 33]``: ``log_softmax`` over the full vocabulary at
-            the masked positions (column = token id).
+            Per row, float64 ``[L_i, 33]`` (column = token id), rows in input order.
         """
-        return self._masked_log_probs(jobs)
+        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
+        out: list[np.ndarray | None] = [None] * len(rows)
 
-    def log_prob(self, sequences: Sequence[str], method: str = "pll") -> list[float]:
-        """Log-likelihood of each sequence (natural log), standard residues only.
+        def work():
+            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
+                res = self._forward([rows[i] for i in batch], logits=True)
+                lp = torch.log_softmax(res["logits"], dim=-1)
+                for b, i in enumerate(batch):
+                    out[i] = lp[b, 1 : len(rows[i]) + 1].double().cpu().numpy()
 
-        Methods:
-            ``pll`` (default): the pseudo-log-likelihood, Σ_i log p(x_i | x with position i masked)
-                over the positions holding one of the 20 standard amino acids (Salazar et al. 2020;
-                full-vocabulary softmax). Costs L forward passes, batched.
-            ``biolm``: BioLM's ``log_prob`` action: one unmasked pass, log-softmax over the 20
-                standard amino acids, summed over the standard residues (matches
-                ``biolm_expected.json``).
-
-        Raises:
-            InvalidInputError: bad sequences (``<mask>`` not allowed).
-            InvalidParameterError: unknown method.
-        """
-        if method not in ("pll", "biolm"):
-            raise InvalidParameterError(f"log_prob: unknown method '{method}'; use 'pll' or 'biolm'")
-        seqs = self.validate(sequences)
-        ids = [encode_residues(s) for s in seqs]
-        std = [np.nonzero((r >= STANDARD_SLICE.start) & (r < STANDARD_SLICE.stop))[0] for r in ids]
-        if method == "biolm":
-            out = self.encode(seqs, include=("logits",), repr_layers=())
-            totals = []
-            for r, keep, o in zip(ids, std, out):
-                lp = torch.log_softmax(torch.from_numpy(o["logits"]), dim=-1).double().numpy()
-                totals.append(float(lp[keep, r[keep] - STANDARD_SLICE.start].sum()))
-            return totals
-        jobs: list[tuple[np.ndarray, tuple[int, ...]]] = []
-        owner: list[int] = []
-        for k, (r, keep) in enumerate(zip(ids, std)):
-            for p in keep:
-                jobs.append((r, (int(p),)))
-                owner.append(k)
-        lps = self._masked_log_probs(jobs)
-        totals = [0.0] * len(seqs)
-        for (r, (p,)), k, lp in zip(jobs, owner, lps):
-            totals[k] += float(lp[0, r[p]])
-        return totals
-
-    # ---------------------------------------------------------------- variant scoring
-
-    def score_mutants(
-        self, wild_type: str, mutants: Sequence[str], method: str = "masked_marginals"
-    ) -> np.ndarray:
-        """Zero-shot variant effect scores relative to the wild type (ESM-1v, Meier et al. 2021;
-        ProteinGym).
-
-        For a mutant with substitutions at positions M (codes ``A42G`` or ``A42G:L50P``, 1-based):
-
-        * ``masked_marginals``: Σ_{i∈M} [log p(x_i=mt | x with all of M masked) − log p(x_i=wt | same)],
-          one forward pass per distinct set M (for single substitutions this is exactly ESM-1v's /
-          ProteinGym's masked marginal);
-        * ``wt_marginals``: the same difference from one unmasked pass over the wild type.
-
-        Returns:
-            float64 ``[len(mutants)]``; higher = more favourable than the wild type.
-
-        Raises:
-            InvalidInputError: bad wild type, malformed code, wild-type residue mismatch, position out
-                of range, or a mutant residue outside the vocabulary (messages name the row, 0-based).
-            InvalidParameterError: unknown method.
-        """
-        check_method(method)
-        (wt,) = self.validate([wild_type])
-        parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
-        r = encode_residues(wt)
-
-        def wt_log_probs() -> np.ndarray:
-            res = self._run(lambda: self._forward([r], logits=True))
-            return torch.log_softmax(res["logits"][0, 1 : len(r) + 1], dim=-1).double().cpu().numpy()
-
-        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
+        self._run(work)
+        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plmserve.errors import InvalidInputError, InvalidParameterError, ModelLoadError
-from plmserve.models.marginals import check_method, marginal_scores, parse_substitutions
-from plmserve.models.esm2.engine import _token_batches, resolve_device_dtype
+from plmserve.errors import InvalidParameterError, ModelLoadError
+from plmserve.models.engine_common import MaskedLMEngineBase, resolve_device_dtype, resolve_layer_numbers
+from plmserve.models.engine_common import token_batches as _token_batches
 
 from .alphabet import (
     BOS_ID,
@@ -89,10 +88,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class ESMCEngine:
+class ESMCEngine(MaskedLMEngineBase):
     """An ESM C model ready for inference; the same public methods as
     :class:`~plmserve.models.esm2.engine.ESM2Engine` (``validate``, ``resolve_layers``, ``encode``,
-    ``predict``, ``log_prob``, ``score_mutants``), plus :meth:`forward_tokens` (Forge ``logits``).
+    ``predict``, ``log_prob``, ``score_mutants``; those not tied to the architecture come from
+    :class:`~plmserve.models.engine_common.MaskedLMEngineBase`), plus :meth:`forward_tokens` (Forge
+    ``logits``). Log-probabilities are a softmax over the head's 64 columns.
 
     Attributes:
         slug: public name (``esmc-300m`` ...).
@@ -109,6 +110,13 @@ class ESMCEngine:
     """
 
     alphabet_tokens: list[str] = list(CANONICAL_AA)
+    _residue_letters = RESIDUE_LETTERS
+    _token_id = TOKEN_ID
+    _standard_ids = CANONICAL_IDS
+    _encode_residues = staticmethod(encode_residues)
+    _validate_sequences = staticmethod(validate_sequences)
+    _split_tokens = staticmethod(split_tokens)
+    _mask_token = MASK_TOKEN
 
     def __init__(self, model, *, slug: str = "esmc", load_format: str = "hf-dir", source: str | None = None,
                  device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
@@ -133,7 +141,7 @@ class ESMCEngine:
         self.toks_per_batch = max(int(toks_per_batch), 1024)
         self.residual_scale = math.sqrt(self.num_layers / 36)
         self._inv_scale = 1.0 / self.residual_scale
-        self._lock = threading.Lock()
+        self._init_slots()  # two forward passes at once (the forward keeps no shared state)
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fuse()
 
@@ -223,16 +231,6 @@ class ESMCEngine:
 
     # ---------------------------------------------------------------- validation
 
-    def validate(self, sequences: Sequence[str], *, allow_mask: bool = False) -> list[str]:
-        """Normalised sequences (whitespace removed, upper case), letters
-        ``LAGVSERTIDPKQNFYMHWCXBUZO.-`` (and ``<mask>`` when ``allow_mask``).
-
-        Raises:
-            InvalidInputError: names the 0-based item, the 1-based position and the character;
-                empty sequences; sequences longer than :attr:`max_residues`.
-        """
-        return validate_sequences(sequences, max_residues=self.max_residues, allow_mask=allow_mask)
-
     def resolve_layers(self, repr_layers: Sequence[int]) -> list[int]:
         """Block numbers made non-negative (``-1`` = ``n-1``), duplicates removed, order kept.
 
@@ -240,21 +238,8 @@ class ESMCEngine:
             InvalidParameterError: a layer outside ``[-n, n-1]`` (the message names the range).
         """
         n = self.num_layers
-        if isinstance(repr_layers, (int, np.integer)):
-            repr_layers = [int(repr_layers)]
-        out: list[int] = []
-        for layer in repr_layers:
-            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-                raise InvalidParameterError(f"repr_layers must be integers, got {layer!r}")
-            layer = int(layer)
-            if not -n <= layer <= n - 1:
-                raise InvalidParameterError(
-                    f"repr_layers: layer {layer} is out of range for {self.slug} ({n} blocks); "
-                    f"valid range is [{-n}, {n - 1}] (block outputs before the final LayerNorm)")
-            resolved = layer + n if layer < 0 else layer
-            if resolved not in out:
-                out.append(resolved)
-        return out
+        return resolve_layer_numbers(repr_layers, low=-n, high=n - 1, slug=self.slug, what=f"{n} blocks",
+                                     note=" (block outputs before the final LayerNorm)")
 
     # ---------------------------------------------------------------- core forward
 
@@ -334,11 +319,29 @@ class ESMCEngine:
     def _residue_tokens(self, ids: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [np.concatenate(([BOS_ID], r, [EOS_ID])).astype(np.int64) for r in ids]
 
-    def _run(self, fn):
-        with self._lock, torch.inference_mode():
-            return fn()
-
     # ---------------------------------------------------------------- Forge-level forward
+
+    def check_forward_tokens(self, token_ids: Sequence[Sequence[int]], *, hidden_states: str | None = None,
+                             ith_hidden_layer: int = -1) -> list[np.ndarray]:
+        """Validate the arguments of :meth:`forward_tokens` (before any work is queued); returns
+        the rows as int64 arrays.
+
+        Raises:
+            InvalidParameterError: unknown convention, ``ith_hidden_layer`` out of range, or a token
+                id outside 0..63 (names the 0-based item).
+        """
+        n = self.num_layers
+        if hidden_states is not None and hidden_states not in HIDDEN_CONVENTIONS:
+            raise InvalidParameterError(f"hidden_states convention must be one of {HIDDEN_CONVENTIONS}")
+        count = n + 1 if hidden_states == "hf" else n
+        if hidden_states is not None and not -1 <= ith_hidden_layer < count:
+            raise InvalidParameterError(
+                f"ith_hidden_layer {ith_hidden_layer} is out of range: -1 (all) or 0..{count - 1} for {self.slug}")
+        rows = [np.asarray(r, dtype=np.int64) for r in token_ids]
+        for item, r in enumerate(rows):
+            if r.ndim != 1 or r.size == 0 or (r < 0).any() or (r >= 64).any():
+                raise InvalidParameterError(f"item {item}: token ids must be a non-empty list of integers in 0..63")
+        return rows
 
     def forward_tokens(self, token_ids: Sequence[Sequence[int]], *, logits: bool = True, embeddings: bool = False,
                        hidden_states: str | None = None, ith_hidden_layer: int = -1) -> list[dict[str, np.ndarray]]:
@@ -362,16 +365,8 @@ class ESMCEngine:
                 id outside 0..63.
         """
         n = self.num_layers
-        if hidden_states is not None and hidden_states not in HIDDEN_CONVENTIONS:
-            raise InvalidParameterError(f"hidden_states convention must be one of {HIDDEN_CONVENTIONS}")
+        rows = self.check_forward_tokens(token_ids, hidden_states=hidden_states, ith_hidden_layer=ith_hidden_layer)
         count = n + 1 if hidden_states == "hf" else n
-        if hidden_states is not None and not -1 <= ith_hidden_layer < count:
-            raise InvalidParameterError(
-                f"ith_hidden_layer {ith_hidden_layer} is out of range: -1 (all) or 0..{count - 1} for {self.slug}")
-        rows = [np.asarray(r, dtype=np.int64) for r in token_ids]
-        for item, r in enumerate(rows):
-            if r.ndim != 1 or r.size == 0 or (r < 0).any() or (r >= 64).any():
-                raise InvalidParameterError(f"item {item}: token ids must be a non-empty list of integers in 0..63")
         if hidden_states is None:
             entries: list[int] = []
         elif ith_hidden_layer >= 0:
@@ -470,25 +465,6 @@ class ESMCEngine:
         self._run(work)
         return results  # type: ignore[return-value]
 
-    def predict(self, sequences: Sequence[str]) -> list[dict[str, Any]]:
-        """Logits for sequences with one or more ``<mask>`` tokens (BioLM ``predict``).
-
-        Returns:
-            Per sequence: ``logits`` float32 ``[L, 20]`` at every position (columns
-            :attr:`alphabet_tokens`), ``sequence_tokens`` (the input split into tokens, ``<mask>``
-            as one token).
-
-        Raises:
-            InvalidInputError: bad sequences, or one without ``<mask>`` (names the item).
-        """
-        seqs = self.validate(sequences, allow_mask=True)
-        for item, s in enumerate(seqs):
-            if "<MASK>" not in s:
-                raise InvalidInputError(f"item {item}: predict needs at least one {MASK_TOKEN} token", item=item)
-        out = self.encode(seqs, include=("logits",), repr_layers=())
-        return [{"logits": r["logits"], "sequence_tokens": split_tokens(s, item=i)}
-                for i, (r, s) in enumerate(zip(out, seqs))]
-
     # ---------------------------------------------------------------- likelihoods
 
     def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
@@ -512,74 +488,35 @@ class ESMCEngine:
         self._run(work)
         return out  # type: ignore[return-value]
 
-    def log_prob(self, sequences: Sequence[str], method: str = "pll") -> list[float]:
-        """Log-likelihood of each sequence (natural log).
+    def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
+        """BioLM's ESM C ``log_prob`` of one sequence: log-softmax (float64) of the ``[L, 20]`` logits
+        over the 20 canonical amino acids, summed at the canonical residues ``keep``."""
+        col = {int(t): j for j, t in enumerate(CANONICAL_IDS)}
+        lp = torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
+        return float(sum(lp[p, col[int(residues[p])]] for p in keep))
 
-        Methods:
-            ``pll`` (default, as ESM-2's engine): pseudo-log-likelihood, Σ_i log p(x_i | x with
-                position i masked) over positions holding one of the 20 canonical amino acids
-                (Salazar et al. 2020), softmax over the head's 64 columns; L forward passes, batched.
-            ``biolm``: BioLM's ESM C ``log_prob`` action: one unmasked pass, log-softmax over the 20
-                canonical amino acids only, summed over the canonical residues.
+    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``log_softmax`` over the head's 64 columns at every residue position of unmasked sequences
+        (the wild-type pass of ``wt_marginals``; batched by length, pad keys masked).
 
-        Raises:
-            InvalidInputError: bad sequences (``<mask>`` not allowed). InvalidParameterError: method.
-        """
-        if method not in ("pll", "biolm"):
-            raise InvalidParameterError(f"log_prob: unknown method '{method}'; use 'pll' or 'biolm'")
-        seqs = self.validate(sequences)
-        ids = [encode_residues(s) for s in seqs]
-        canon = set(CANONICAL_IDS.tolist())
-        keep = [np.array([k for k, t in enumerate(r) if int(t) in canon], dtype=np.int64) for r in ids]
-        if method == "biolm":
-            col = {int(t): j for j, t in enumerate(CANONICAL_IDS)}
-            out = self.encode(seqs, include=("logits",), repr_layers=())
-            totals = []
-            for r, kp, o in zip(ids, keep, out):
-                lp = torch.log_softmax(torch.from_numpy(o["logits"]).double(), dim=-1).numpy()
-                totals.append(float(sum(lp[p, col[int(r[p])]] for p in kp)))
-            return totals
-        jobs, owner = [], []
-        for k, (r, kp) in enumerate(zip(ids, keep)):
-            for p in kp:
-                jobs.append((r, (int(p),)))
-                owner.append(k)
-        lps = self._masked_log_probs(jobs)
-        totals = [0.0] * len(seqs)
-        for (r, (p,)), k, lp in zip(jobs, owner, lps):
-            totals[k] += float(lp[0, r[p]])
-        return totals
-
-    def score_mutants(self, wild_type: str, mutants: Sequence[str], method: str = "masked_marginals") -> np.ndarray:
-        """Zero-shot variant effect scores relative to the wild type (ESM-1v's masked marginals,
-        Meier et al. 2021; ProteinGym), exactly as :meth:`ESM2Engine.score_mutants`:
-
-        * ``masked_marginals``: Σ_{i∈M} [log p(x_i=mt | x, M masked) − log p(x_i=wt | same)], one
-          forward pass per distinct set M of mutated positions;
-        * ``wt_marginals``: the same difference from one unmasked pass over the wild type.
-
-        Log-probabilities are a softmax over the head's 64 columns.
+        Args:
+            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
 
         Returns:
-            float64 ``[len(mutants)]``; higher = more favourable than the wild type.
-
-        Raises:
-            InvalidInputError: bad wild type or mutation code (names the 0-based row).
-            InvalidParameterError: unknown method.
+            Per row, float64 ``[L_i, 64]`` (column = token id), rows in input order.
         """
-        check_method(method)
-        (wt,) = self.validate([wild_type])
-        parsed = parse_substitutions(wt, mutants, RESIDUE_LETTERS)
-        r = encode_residues(wt)
+        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
+        out: list[np.ndarray | None] = [None] * len(rows)
 
-        def wt_log_probs() -> np.ndarray:
-            def one():
-                res = self._forward(self._token_tensor(self._residue_tokens([r])), logits=True)
-                return torch.log_softmax(res["logits"][0, 1:len(r) + 1], dim=-1).double().cpu().numpy()
+        def work():
+            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
+                res = self._forward(self._token_tensor(self._residue_tokens([rows[i] for i in batch])), logits=True)
+                lp = torch.log_softmax(res["logits"], dim=-1)
+                for bi, i in enumerate(batch):
+                    out[i] = lp[bi, 1:len(rows[i]) + 1].double().cpu().numpy()
 
-            return self._run(one)
-
-        return marginal_scores(parsed, r, TOKEN_ID, method, wt_log_probs, self._masked_log_probs)
+        self._run(work)
+        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (f"ESMCEngine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
