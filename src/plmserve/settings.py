@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_forward_passes: int = 8192  # per request (PLL: one pass per residue)
     batch_target_s: float | None = None  # optional cap: a batch of ~this much compute (seconds)
     express_max_tokens: int = 128  # requests this short (padded tokens) run beside the batch (0: off)
+    # a scheduling round takes units worth this many forward passes, sorted by length into passes
+    # of toks_per_batch padded tokens (less padding); 1 = one pass per round in arrival order
+    sort_window_passes: int = Field(default=2, ge=1, le=16)
     max_body_bytes: int = 8 * 2**20  # JSON/other bodies, checked before parsing and before auth
     max_upload_bytes: int = 32 * 2**20  # multipart bodies (MSA, prompt, variant files)
     poet_max_sequence_length: int = 4096  # residues per PoET sequence (variants, seeds, single-site)

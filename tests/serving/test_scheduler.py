@@ -203,3 +203,53 @@ def test_short_request_runs_beside_a_long_batch(engine):
     finally:
         release.set()
         sched.stop()
+
+
+def _costed_submit(sched, rec, principal, costs, tag):
+    bm = BatchMethod(expand=lambda e, items, p: [], run=rec.run)
+    units = [Unit(cost=c, item=i, payload=(tag, i, c)) for i, c in enumerate(costs)]
+    return sched.submit(principal, "fake", bm, units, len(units), {})
+
+
+def test_sort_window_packs_a_round_by_length():
+    """sort_window_passes=2: a round of two passes' worth of units is sorted by length and packed
+    into passes within the padded-token budget; results still come back per request in order."""
+    rec = _Recorder()
+    sched = ModelScheduler("fake", object(), toks_per_batch=400, sort_window_passes=2)
+    try:
+        rec.gate.clear()
+        _costed_submit(sched, rec, "warmup", [10], "w")
+        time.sleep(0.1)  # the worker holds the warm-up round; the next round sees all the units
+        costs_a = [100, 20, 100, 20]
+        costs_b = [20, 100, 20, 100]
+        a = _costed_submit(sched, rec, "a", costs_a, "a")
+        b = _costed_submit(sched, rec, "b", costs_b, "b")
+        rec.gate.set()
+        assert a.future.result(timeout=30) == [("a", i, c) for i, c in enumerate(costs_a)]
+        assert b.future.result(timeout=30) == [("b", i, c) for i, c in enumerate(costs_b)]
+        passes = [[p[2] for p in batch] for batch in rec.batches[1:]]
+        # 480 tokens in one round: in arrival order (round robin) one pass would pad 8 x 100 = 800;
+        # sorted, the four 100-token units share one pass (400) and the four 20-token units another (80)
+        assert passes == [[100, 100, 100, 100], [20, 20, 20, 20]], passes
+        assert sched.batches_computed == 3
+    finally:
+        sched.stop()
+
+
+def test_sort_window_skips_a_canceled_request_between_passes():
+    rec = _Recorder()
+    sched = ModelScheduler("fake", object(), toks_per_batch=200, sort_window_passes=4)
+    try:
+        rec.gate.clear()
+        keep = _costed_submit(sched, rec, "keep", [100, 100], "keep")  # the first pass of the round
+        gone = _costed_submit(sched, rec, "gone", [50] * 8, "gone")  # two more passes of the same round
+        time.sleep(0.1)  # the worker took the whole round and is held in its first pass
+        assert sched.queued_units == 0
+        sched.cancel(gone)
+        rec.gate.set()
+        assert keep.future.result(timeout=30) == [("keep", 0, 100), ("keep", 1, 100)]
+        time.sleep(0.3)
+        assert [[p[0] for p in batch] for batch in rec.batches] == [["keep", "keep"]]  # gone's passes never ran
+        assert gone.future.cancelled()
+    finally:
+        sched.stop()

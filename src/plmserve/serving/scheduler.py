@@ -163,11 +163,18 @@ class ModelScheduler:
         express_max_tokens: requests of at most this many padded tokens in total go to a second
             worker (the short-request lane) that computes beside the running batch, so a short
             request never waits for a long batch (0: no such lane).
+        sort_window_passes: a scheduling round takes units worth up to this many forward passes
+            (their padded tokens summed), sorts them by length and packs them into passes of at
+            most ``toks_per_batch`` padded tokens, run one after the other (units of a request
+            that was canceled meanwhile are skipped). Items of similar length then share a pass,
+            so less compute goes to padding; 1 = one pass per round, in arrival order.
     """
 
     def __init__(self, slug: str, engine: Any, *, toks_per_batch: int = 4096, max_queue_items: int = 65536,
-                 batch_target_s: float | None = None, aging_after_s: float = 30.0, express_max_tokens: int = 0):
+                 batch_target_s: float | None = None, aging_after_s: float = 30.0, express_max_tokens: int = 0,
+                 sort_window_passes: int = 1):
         self.slug = slug
+        self.sort_window_passes = max(1, int(sort_window_passes))
         self.aging_after_s = float(aging_after_s)
         self.express_max_tokens = int(express_max_tokens or 0)
         self._express: deque[ScheduledRequest] = deque()
@@ -313,11 +320,11 @@ class ModelScheduler:
         """Take units for one batch: round-robin over principals, and over each principal's
         requests, keeping one computation (method + params) per batch and the padded-token budget."""
         batch: list[tuple[ScheduledRequest, int]] = []
-        budget = self.toks_per_batch
-        if self.batch_target_s and self._tokens_per_s > 0:  # keep a batch near the latency target
-            budget = int(min(budget, max(1, self._tokens_per_s * self.batch_target_s)))
+        budget = self._pass_budget()
+        window = budget * self.sort_window_passes
         key = None
         longest = 0
+        total = 0
         full = False
         now = time.monotonic()
         rate = max(self._tokens_per_s, 1.0)
@@ -337,14 +344,15 @@ class ModelScheduler:
                     continue
                 unit = chosen.units[chosen.next_unit]
                 new_longest = max(longest, unit.cost)
-                if batch and (len(batch) + 1) * new_longest > budget:
+                if batch and (total + unit.cost > window if self.sort_window_passes > 1
+                              else (len(batch) + 1) * new_longest > budget):
                     full = True
                     break
                 batch.append((chosen, chosen.next_unit))
                 chosen.next_unit += 1
                 chosen.attained += unit.cost
                 self._queued_units -= 1
-                key, longest = chosen.key, new_longest
+                key, longest, total = chosen.key, new_longest, total + unit.cost
                 progress = True
                 if chosen.pending_units == 0:
                     reqs.remove(chosen)
@@ -373,7 +381,33 @@ class ModelScheduler:
             finally:
                 self.busy = False
 
+    def _pass_budget(self) -> int:
+        """Padded tokens of one forward pass: ``toks_per_batch``, capped near ``batch_target_s``
+        of compute at the measured speed when that is set."""
+        budget = self.toks_per_batch
+        if self.batch_target_s and self._tokens_per_s > 0:  # keep a pass near the latency target
+            budget = int(min(budget, max(1, self._tokens_per_s * self.batch_target_s)))
+        return budget
+
     def _compute(self, batch: list[tuple[ScheduledRequest, int]]) -> None:
+        """Compute a round: one pass, or (``sort_window_passes`` > 1) its units sorted by length,
+        longest first, and packed into passes of at most the pass budget (padded tokens)."""
+        if self.sort_window_passes == 1 or len(batch) < 2:
+            self._compute_pass(batch)
+            return
+        budget = self._pass_budget()
+        batch = sorted(batch, key=lambda ru: -ru[0].units[ru[1]].cost)
+        passes: list[list[tuple[ScheduledRequest, int]]] = [[]]
+        for r, i in batch:
+            cur = passes[-1]
+            longest = cur[0][0].units[cur[0][1]].cost if cur else 0  # sorted: the first is the longest
+            if cur and (len(cur) + 1) * max(longest, r.units[i].cost) > budget:
+                passes.append([])
+            passes[-1].append((r, i))
+        for one in passes:
+            self._compute_pass(one)
+
+    def _compute_pass(self, batch: list[tuple[ScheduledRequest, int]]) -> None:
         live = [(r, i) for r, i in batch if not r.canceled]
         if not live:
             return
@@ -456,7 +490,8 @@ def get_scheduler(app: Any, slug: str, engine: Any) -> ModelScheduler:
         sched = ModelScheduler(slug, engine, toks_per_batch=budget,
                                max_queue_items=int(getattr(settings, "max_queue_items", 65536)),
                                batch_target_s=getattr(settings, "batch_target_s", None),
-                               express_max_tokens=int(getattr(settings, "express_max_tokens", 0) or 0))
+                               express_max_tokens=int(getattr(settings, "express_max_tokens", 0) or 0),
+                               sort_window_passes=int(getattr(settings, "sort_window_passes", 1) or 1))
         schedulers[slug] = sched
         return sched
 
