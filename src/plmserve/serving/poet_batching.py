@@ -229,10 +229,13 @@ def single_site_mutants(wt: str, positions: Sequence[int] | None = None) -> tupl
 
 
 def single_site(sched: ModelScheduler, principal: str, prompts: Sequence[Sequence[str]], sequence: str, *,
-                reverse: bool = True, progress: Progress | None = None) -> list[tuple[str, np.ndarray]]:
+                reverse: bool = True, positions: Sequence[int] | None = None,
+                progress: Progress | None = None) -> list[tuple[str, np.ndarray]]:
     """The single-site scan of ``sequence`` under each prompt, computed through ``sched``: the
     same rows as ``PoET.single_site(prompts, sequence, reverse=reverse)`` (``("WT", s)`` then
     ``A1R``... in scan order; absolute log-likelihoods, forward/backward averaged).
+
+    ``positions``: scan only these 1-based positions (default: all), in the given order.
 
     Per replicate and direction one ``poet_site`` unit embeds the prompt and decodes the wild
     type once; then every substitution is a unit decoding only its suffix.
@@ -241,13 +244,18 @@ def single_site(sched: ModelScheduler, principal: str, prompts: Sequence[Sequenc
         ``[(code, float64 [n_prompts])]``.
 
     Raises:
-        InvalidInputError: a bad character in ``sequence`` or a prompt.
+        InvalidInputError: a bad character in ``sequence`` or a prompt; a position outside
+            ``1..len(sequence)``.
     """
+    from plmserve.errors import InvalidInputError
     from plmserve.models.poet import alphabet as A
 
     wt = A.check_sequence(sequence, what="sequence")
+    for p in positions or ():
+        if not 1 <= int(p) <= len(wt):
+            raise InvalidInputError(f"position {p} is outside the sequence (1..{len(wt)})", position=int(p))
     prompts = [[s.replace("-", "").replace(".", "") for s in p] for p in prompts]
-    muts, codes = single_site_mutants(wt)
+    muts, codes = single_site_mutants(wt, positions)
     directions = [False, True] if reverse else [False]
     total = len(muts) * len(prompts) * len(directions)
     cols = np.zeros((len(prompts), len(directions), len(codes)), dtype=np.float64)
