@@ -324,3 +324,23 @@ def test_a_canceled_jobs_queued_chunks_are_not_computed(service, engine):
     assert sched.units_computed == before + 1  # the plug; none of the job's queued units
     assert queued > 1000 and _status(service, job) == CANCELED
     assert service.store.get_artifact(job.job_id, pj.ART_RESULT) is None
+
+
+def test_scheduled_embeddings_and_logits_equal_the_direct_pass(engine):
+    from plmserve.jobs.poet_v1 import poet_arrays
+
+    sched = ModelScheduler("poet", engine, toks_per_batch=4096)
+    try:
+        seqs = [VARIANTS[10], VARIANTS[1], VARIANTS[11]]
+        got = pb.arrays(sched, "alice", [PROMPT, PROMPT[:2]], seqs)
+        assert sched.units_computed == 2 * (1 + len(seqs))  # one prompt embedding per replicate
+        for (logits, hidden), s in zip(got, seqs):
+            ref_logits, ref_hidden = poet_arrays(engine, [PROMPT, PROMPT[:2]], s)
+            assert logits.shape == (2, len(s), 24) and hidden.shape == (2, len(s), engine.config.hidden_dim)
+            np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+            np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
+        exp = fixture_json("expected.json")  # official logits of variant 0 (the WT) given the prompt
+        (wt_logits, _), = pb.arrays(sched, "alice", [PROMPT], [WT])
+        np.testing.assert_allclose(wt_logits[0], np.asarray(exp["logits_variant0"])[: len(WT)], atol=1e-4, rtol=0)
+    finally:
+        sched.stop()

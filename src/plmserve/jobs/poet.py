@@ -326,7 +326,7 @@ def _reporter(ctx: JobContext, what: str) -> Callable[[int, int], None]:
     return report
 
 
-def _principal(ctx: JobContext) -> str:
+def job_principal(ctx: JobContext) -> str:
     """The fairness key of a job's work in the batching scheduler: its owner (user)."""
     return str(ctx.job.owner or ctx.job.job_id)
 
@@ -343,7 +343,7 @@ def run_score(ctx: JobContext) -> JobOutput:
     if sched is not None:  # through the model's batching scheduler, fair with every other job
         from plmserve.serving.poet_batching import score
 
-        scores = score(sched, _principal(ctx), _ensemble(replicates), [s for _, s in variants],
+        scores = score(sched, job_principal(ctx), _ensemble(replicates), [s for _, s in variants],
                        progress=_reporter(ctx, "scoring"))
     else:
         scores = engine.score(_ensemble(replicates), [s for _, s in variants], progress=_reporter(ctx, "scoring"))
@@ -368,7 +368,7 @@ def run_single_site(ctx: JobContext) -> JobOutput:
     if sched is not None:  # through the model's batching scheduler, fair with every other job
         from plmserve.serving.poet_batching import single_site
 
-        out = single_site(sched, _principal(ctx), _ensemble(replicates), wt,
+        out = single_site(sched, job_principal(ctx), _ensemble(replicates), wt,
                           progress=_reporter(ctx, "single-site scan"))
     else:
         out = list(engine.single_site(_ensemble(replicates), wt, progress=_reporter(ctx, "single-site scan")))

@@ -89,6 +89,41 @@ def _run_single_site(engine: Any, payloads: list[Any], params: dict) -> list[flo
     return out.tolist()
 
 
+def decode_arrays(engine: Any, cache: Any, sequence: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-residue logits ``[L, V]`` and final (LayerNorm-ed) hidden states ``[L, D]`` (float32)
+    of one checked ``sequence`` after the prompt ``cache`` (forward direction; conventions in
+    :mod:`plmserve.jobs.poet_v1`): one decoder pass over ``*SEQ``, unpadded, the hidden states
+    read by a forward hook on the output projection that only records this thread's pass (other
+    threads may use the model at the same time)."""
+    import torch
+
+    from plmserve.models.poet import alphabet as A
+
+    model = engine.model
+    tok = torch.as_tensor(A.encode_sequence(sequence), device=engine.device)[None, :-1]  # [1, L+1]
+    pos = torch.arange(tok.shape[1], device=engine.device)[None, :]
+    L = len(sequence)
+    me = threading.get_ident()
+    seen: list = []
+
+    def hook(_m, inp, _o):
+        if threading.get_ident() == me:
+            seen.append(inp[0])
+
+    handle = model.linear.register_forward_hook(hook)
+    try:
+        logits, _ = model.decode(tok, pos, memory=cache.memory)
+    finally:
+        handle.remove()
+    return logits[0, :L].float().cpu().numpy(), seen[0][0, 1: L + 1].float().cpu().numpy()
+
+
+def _run_arrays(engine: Any, payloads: list[Any], params: dict) -> list[Any]:
+    """payload ``(PromptCache, sequence)`` -> ``(logits [L, V], hidden [L, D])``, one pass each."""
+    cache = payloads[0][0]
+    return [decode_arrays(engine, cache, s) for _, s in payloads]
+
+
 def _no_expand(engine: Any, items: Sequence[Any], params: dict) -> list[Unit]:
     raise NotImplementedError("PoET units are built by plmserve.serving.poet_batching")
 
@@ -97,8 +132,9 @@ PROMPT = BatchMethod(expand=_no_expand, run=_run_prompt)
 SITE = BatchMethod(expand=_no_expand, run=_run_site)
 SCORE = BatchMethod(expand=_no_expand, run=_run_score)
 SINGLE_SITE = BatchMethod(expand=_no_expand, run=_run_single_site)
+ARRAYS = BatchMethod(expand=_no_expand, run=_run_arrays)
 for _name, _method in (("poet_prompt", PROMPT), ("poet_site", SITE), ("poet_score", SCORE),
-                       ("poet_single_site", SINGLE_SITE)):
+                       ("poet_single_site", SINGLE_SITE), ("poet_arrays", ARRAYS)):
     register_method(FAMILY, _name, _method)
 
 
@@ -278,3 +314,32 @@ def single_site(sched: ModelScheduler, principal: str, prompts: Sequence[Sequenc
             del site, units
     mat = cols.mean(axis=1)  # [P, rows]
     return [(code, mat[:, r]) for r, code in enumerate(codes)]
+
+
+def arrays(sched: ModelScheduler, principal: str, prompts: Sequence[Sequence[str]], sequences: Sequence[str], *,
+           progress: Progress | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-residue logits and final hidden states of every sequence under every prompt
+    (forward direction), computed through ``sched``: per replicate one ``poet_prompt`` unit,
+    then one ``poet_arrays`` unit per sequence (cost ``L + 2``; decoded alone, unpadded).
+
+    Args:
+        sequences: checked sequences (:func:`plmserve.jobs.poet.check_sequence`).
+        progress: ``progress(done, total)`` in sequences x replicates.
+
+    Returns:
+        Per sequence ``(logits [N, L, V], hidden [N, L, D])`` float32, ``N`` = replicates.
+    """
+    prompts = [[s.replace("-", "").replace(".", "") for s in p] for p in prompts]
+    total = len(sequences) * len(prompts)
+    per_prompt: list[list[Any]] = []
+    offset = 0
+    for prompt in prompts:
+        cache = _one(sched, principal, "poet_prompt", PROMPT, Unit(_prompt_tokens(prompt), 0, (prompt, False)), {},
+                     None if progress is None else (lambda d, n: progress(offset, total)))
+        units = [Unit(cost=len(s) + 2, item=i, payload=(cache, s)) for i, s in enumerate(sequences)]
+        per_prompt.append(sched.run_sync(principal, [("poet_arrays", ARRAYS, units, {"prompt": digest(prompt)})],
+                                         check=_stage(progress, offset, total))[0])
+        offset += len(sequences)
+        del cache, units
+    return [(np.stack([r[i][0] for r in per_prompt]), np.stack([r[i][1] for r in per_prompt]))
+            for i in range(len(sequences))]
