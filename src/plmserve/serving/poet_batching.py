@@ -238,14 +238,14 @@ def score(sched: ModelScheduler, principal: str, prompts: Sequence[Sequence[str]
         key = digest(prompt)
         for di, rev in enumerate(directions):
             cache = _one(sched, principal, "poet_prompt", PROMPT, Unit(_prompt_tokens(prompt), 0, (prompt, rev)),
-                         {}, None if progress is None else (lambda d, n: progress(offset, total)))
+                         {}, None if progress is None else (lambda d, n, at=offset: progress(at, total)))
             units = [Unit(cost=len(seqs[i]) + 2, item=i, payload=(cache, seqs[i])) for i in order]
             params = {"prompt": key, "reverse": rev}
             vals = sched.run_sync(principal, [("poet_score", SCORE, units, params)],
                                   check=_stage(progress, offset, total))[0]
             out[pi, di, order] = vals
             offset += len(seqs)
-            del cache, units
+            cache = units = None  # free the prompt cache before the next one is computed
     return out.mean(axis=1)
 
 
@@ -301,9 +301,9 @@ def single_site(sched: ModelScheduler, principal: str, prompts: Sequence[Sequenc
         for di, rev in enumerate(directions):
             site = _one(sched, principal, "poet_site", SITE,
                         Unit(_prompt_tokens(prompt) + len(wt) + 2, 0, (prompt, rev, wt)), {},
-                        None if progress is None else (lambda d, n: progress(offset, total)))
+                        None if progress is None else (lambda d, n, at=offset: progress(at, total)))
             # longest suffixes first: consecutive units (one batch) have similar lengths
-            order = sorted(range(len(muts)), key=lambda j: -site.suffix_length(muts[j][0]))
+            order = sorted(range(len(muts)), key=lambda j, st=site: -st.suffix_length(muts[j][0]))
             units = [Unit(cost=site.suffix_length(muts[j][0]), item=j, payload=(site, muts[j])) for j in order]
             params = {"prompt": key, "reverse": rev, "wild_type": digest(wt)}
             vals = sched.run_sync(principal, [("poet_single_site", SINGLE_SITE, units, params)],
@@ -311,7 +311,7 @@ def single_site(sched: ModelScheduler, principal: str, prompts: Sequence[Sequenc
             cols[pi, di, 0] = site.wt_score
             cols[pi, di, 1 + np.asarray(order, dtype=np.int64)] = vals
             offset += len(muts)
-            del site, units
+            site = units = None  # free the prompt cache before the next one is computed
     mat = cols.mean(axis=1)  # [P, rows]
     return [(code, mat[:, r]) for r, code in enumerate(codes)]
 
@@ -335,11 +335,11 @@ def arrays(sched: ModelScheduler, principal: str, prompts: Sequence[Sequence[str
     offset = 0
     for prompt in prompts:
         cache = _one(sched, principal, "poet_prompt", PROMPT, Unit(_prompt_tokens(prompt), 0, (prompt, False)), {},
-                     None if progress is None else (lambda d, n: progress(offset, total)))
+                     None if progress is None else (lambda d, n, at=offset: progress(at, total)))
         units = [Unit(cost=len(s) + 2, item=i, payload=(cache, s)) for i, s in enumerate(sequences)]
         per_prompt.append(sched.run_sync(principal, [("poet_arrays", ARRAYS, units, {"prompt": digest(prompt)})],
                                          check=_stage(progress, offset, total))[0])
         offset += len(sequences)
-        del cache, units
+        cache = units = None  # free the prompt cache before the next one is computed
     return [(np.stack([r[i][0] for r in per_prompt]), np.stack([r[i][1] for r in per_prompt]))
             for i in range(len(sequences))]
