@@ -86,9 +86,11 @@ def hold_with_scan_queued(sched: ModelScheduler, start, principal: str = "alice"
 
 
 def queued_for(sched: ModelScheduler, principal: str, method: str | None = None) -> int:
-    """Units of ``principal`` waiting in the scheduler's queue (either lane)."""
+    """Units waiting in the scheduler's queue (either lane) of ``principal``, or of every
+    principal starting with ``principal + "/"`` (jobs: ``owner/job id``)."""
     with sched._cv:
-        reqs = list(sched._principals.get(principal, ())) + [r for r in sched._express if r.principal == principal]
+        reqs = [r for p, rs in sched._principals.items() for r in rs if p == principal or p.startswith(principal + "/")]
+        reqs += [r for r in sched._express if r.principal == principal or r.principal.startswith(principal + "/")]
         return sum(r.pending_units for r in reqs if method is None or r.method_name == method)
 
 
@@ -291,18 +293,20 @@ def _status(svc, job):
     return svc.store.get_job(job.job_id).status
 
 
-def test_a_small_score_job_finishes_during_a_long_single_site_job(service, engine):
+@pytest.mark.parametrize("small_owner", ["bob", "alice"])
+def test_a_small_score_job_finishes_during_a_long_single_site_job(service, engine, small_owner):
     sched = service.resources.scheduler(engine)
     assert service.executor.workers == 2
     started = {}
     plug = hold_with_scan_queued(sched, lambda: started.update(job=_single_site_job(service, "alice", WT[:100])))
     long_job = started["job"]
-    small = _score_job(service, "bob", [VARIANTS[1]])
-    wait_until(lambda: queued_for(sched, "bob", "poet_prompt") == 1, "the small job's first unit")
+    small = _score_job(service, small_owner, [VARIANTS[1]])
+    wait_until(lambda: queued_for(sched, f"{small_owner}/{small.job_id}", "poet_prompt") == 1,
+               "the small job's first unit")
     plug.release()
     wait_until(lambda: _status(service, small) == SUCCESS, "the small job")
     assert _status(service, long_job) == RUNNING
-    assert queued_for(sched, "alice", "poet_single_site") > 0
+    assert queued_for(sched, f"alice/{long_job.job_id}", "poet_single_site") > 0
     rows = pj.read_result(service.store, service.store.get_job(small.job_id))
     assert loglik_close(rows[0]["score"], engine.score([PROMPT], [VARIANTS[1]])[:, 0])
     service.cancel(long_job.job_id, "alice")

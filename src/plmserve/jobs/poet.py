@@ -327,8 +327,15 @@ def _reporter(ctx: JobContext, what: str) -> Callable[[int, int], None]:
 
 
 def job_principal(ctx: JobContext) -> str:
-    """The fairness key of a job's work in the batching scheduler: its owner (user)."""
-    return str(ctx.job.owner or ctx.job.job_id)
+    """The fairness key of a job's work in the batching scheduler: ``owner/job id``.
+
+    Batches go round-robin between principals, so every running job gets its turn each round:
+    a 1-variant job waits at most one batch per other running job (at most ``PLMSERVE_WORKERS``
+    jobs run at once, so no user gets more than that many turns). Per job rather than per user:
+    within one principal the scheduler orders requests by attained service with aging (after
+    30 s a long request's credit grows at the model's full rate), which could keep a user's own
+    short job behind their long scans."""
+    return f"{ctx.job.owner}/{ctx.job.job_id}"
 
 
 def run_score(ctx: JobContext) -> JobOutput:

@@ -19,9 +19,10 @@ loaded model's one scheduler:
   scoring against the same prompt therefore share forward passes. Inside a batch the engine
   groups rows of similar length (:meth:`PoET._batches`) and masks the padding, so batched
   scores equal unbatched ones (to float rounding; ``tests/serving/test_poet_scheduler.py``).
-* **Fairness.** The principal is the job's owner: batches go round-robin between owners and,
-  within one owner, to the request with the least compute so far, so a 1-variant score job is
-  served between the chunks of a long scan, not after it.
+* **Fairness.** The principal of a job's units is ``owner/job id``
+  (:func:`plmserve.jobs.poet.job_principal`): batches go round-robin between principals, so a
+  1-variant score job is served between the chunks of a long scan, not after it (within one
+  principal: least attained service first).
 * **Cancellation.** A canceled job's queued units are dropped (never computed) at its next poll
   (at most ``poll_s``, 0.2 s, after the executor's cancel), see :meth:`ModelScheduler.run_sync`.
 * **Queue full.** A job's units that do not fit in the bounded queue wait and are retried; the
