@@ -27,7 +27,10 @@ no code taken from either):
 * **Cancellation**: :meth:`ModelScheduler.cancel` drops a request's queued units (a client that
   disconnected): its remaining batches are never computed.
 
-The entry point for routes is :func:`run_batched`; the per-family computations are
+The entry point for routes is :func:`run_batched`; for plain threads (job workers: PoET jobs,
+:mod:`plmserve.serving.poet_batching`) it is :meth:`ModelScheduler.run_sync`, which waits
+instead of failing when the queue is full and drops the queued units when its ``check`` raises
+(a canceled job). The per-family computations are
 :class:`BatchMethod` objects registered with :func:`register_method` (ESM-2's ``encode``,
 ``predict`` and ``log_prob`` are registered here; other families add theirs the same way).
 """
