@@ -3,6 +3,7 @@
     python bench/poet_single_site.py                       # default: 256 wide x 4 layers, dummy weights
     python bench/poet_single_site.py --positions-step 1    # the whole scan (19 x 286 variants; slow on CPU)
     python bench/poet_single_site.py --full-size-score      # 1024 x 12 dummy: score 100 variants (throughput)
+    python bench/poet_single_site.py --scheduler            # plmserve side through the batching scheduler
 
 Setup: the BLAT_ECOLX wild type (286 aa, row 0 of ``tests/data/data/BLAT_ECOLX_ColabFold_2202.a3m``); a
 prompt sampled from that MSA with the align service's sampler (``--prompt-tokens`` budget, seed
@@ -11,6 +12,9 @@ prompt sampled from that MSA with the align service's sampler (``--prompt-tokens
 * ``plmserve``: ``PoET.single_site`` -- the wild type is decoded once; each mutant decodes only
   the suffix after its substitution, attending to the wild type's cached prefix states and to the
   prompt cache, both shared by every batch row (never copied); batches grouped by suffix length.
+  With ``--scheduler`` the same scan runs as the server's jobs run it: every substitution a unit
+  of the model's batching scheduler (``plmserve.serving.poet_batching.single_site``), computed
+  by its worker thread.
 * ``official recipe`` (written here, after ``scripts/score.py``): the cached prompt; every variant
   decoded in full, batch 8; per layer the prompt K/V are copied for each row and concatenated
   with the row's own K/V; attention with an explicit bottom-right causal mask.
@@ -137,7 +141,17 @@ def worker(args) -> None:
     start = _peak_start(model.device)
     t0 = time.perf_counter()
     c0 = time.process_time()
-    if args.recipe == "plmserve":
+    if args.recipe == "plmserve" and args.scheduler:
+        from plmserve.serving.poet_batching import single_site
+        from plmserve.serving.scheduler import ModelScheduler
+
+        sched = ModelScheduler("poet", model, toks_per_batch=model.batch_tokens)
+        rows = single_site(sched, "bench", [prompt], wt, reverse=False, positions=positions)
+        sched.stop()
+        rows = [(c, float(v[0])) for c, v in rows]
+        assert [c for c, _ in rows[1:]] == codes
+        scores = np.array([s for _, s in rows[1:]])
+    elif args.recipe == "plmserve":
         rows = model.single_site(cache, wt, positions=positions)
         assert [c for c, _ in rows[1:]] == codes
         scores = np.array([s for _, s in rows[1:]])
@@ -180,6 +194,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 = stable on a shared box)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--scheduler", action="store_true",
+                    help="plmserve side through the batching scheduler (as the server's jobs run it)")
     ap.add_argument("--full-size-score", action="store_true", help="1024x12 dummy: score --n-score variants")
     ap.add_argument("--n-score", type=int, default=100)
     ap.add_argument("--recipe", choices=["plmserve", "official"], help=argparse.SUPPRESS)
@@ -228,6 +244,7 @@ def main() -> None:
         "device": ours["device"],
         "threads": args.threads,
         "timing": "process CPU time" if key == "cpu_seconds" else "wall clock",
+        "plmserve_path": "batching scheduler" if args.scheduler else "engine",
         "wall_ratio": round((ours["n"] / ours["seconds"]) / (off["n"] / off["seconds"]), 3),
     }))
 

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     msa_database: Path | None = None  # FASTA searched by create_msa (pyhmmer/mmseqs backends)
     msa_backend: Literal["pyhmmer", "mmseqs", "colabfold"] = "pyhmmer"
     colabfold_url: str = "https://api.colabfold.com"
-    workers: int = 1
+    # job worker threads (issue 14: 4, was 1): PoET scoring jobs wait on the model's batching
+    # scheduler, which interleaves them fairly, so a 1-variant job runs beside a long scan
+    workers: int = 4
 
     # --- Ray executor and model workers (issue 11: scale out on Ray; docs/deploy.md) -------
     executor: Literal["inprocess", "ray"] = "inprocess"  # where jobs run (plmserve serve --executor)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -206,14 +206,35 @@ def prompt_json(replicates: Sequence[Sequence[tuple[str, str]]], random_seed: in
 # ---------------------------------------------------------------------- work functions
 @dataclass
 class PoetResources:
-    """What PoET/align work functions need: the settings and the (shared) model manager."""
+    """What PoET/align work functions need: the settings, the (shared) model manager and the
+    batching schedulers of the PoET engines (:mod:`plmserve.serving.poet_batching`)."""
 
     settings: Any
     models: Any
+    schedulers: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.schedulers is None:
+            from plmserve.serving.poet_batching import PoetSchedulers
+
+            self.schedulers = PoetSchedulers(self.settings)
 
     def engine(self):
         """The PoET engine registered as ``poet``."""
         return self.models.get("poet", family="poet")
+
+    def scheduler(self, engine: Any):
+        """The batching scheduler of ``engine`` (one per loaded PoET model and process), or None
+        for an engine without the prompt-cache API (a test double): call it directly then."""
+        from plmserve.serving import poet_batching
+
+        if not poet_batching.supports(engine):
+            return None
+        return self.schedulers.get(engine)
+
+    def close(self) -> None:
+        """Stop the schedulers (shut-down; the job workers have stopped already)."""
+        self.schedulers.stop()
 
 
 def run_msa(ctx: JobContext) -> JobOutput:
@@ -305,6 +326,18 @@ def _reporter(ctx: JobContext, what: str) -> Callable[[int, int], None]:
     return report
 
 
+def job_principal(ctx: JobContext) -> str:
+    """The fairness key of a job's work in the batching scheduler: ``owner/job id``.
+
+    Batches go round-robin between principals, so every running job gets its turn each round:
+    a 1-variant job waits at most one batch per other running job (at most ``PLMSERVE_WORKERS``
+    jobs run at once, so no user gets more than that many turns). Per job rather than per user:
+    within one principal the scheduler orders requests by attained service with aging (after
+    30 s a long request's credit grows at the model's full rate), which could keep a user's own
+    short job behind their long scans."""
+    return f"{ctx.job.owner}/{ctx.job.job_id}"
+
+
 def run_score(ctx: JobContext) -> JobOutput:
     """``/poet``: log p(variant | prompt) for every variant under every prompt replicate
     (:meth:`plmserve.models.poet.engine.PoET.score`, forward/backward averaged)."""
@@ -313,7 +346,14 @@ def run_score(ctx: JobContext) -> JobOutput:
     variants = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
     engine = res.engine()
     ctx.progress(0, 1, "scoring")
-    scores = engine.score(_ensemble(replicates), [s for _, s in variants], progress=_reporter(ctx, "scoring"))
+    sched = res.scheduler(engine)
+    if sched is not None:  # through the model's batching scheduler, fair with every other job
+        from plmserve.serving.poet_batching import score
+
+        scores = score(sched, job_principal(ctx), _ensemble(replicates), [s for _, s in variants],
+                       progress=_reporter(ctx, "scoring"))
+    else:
+        scores = engine.score(_ensemble(replicates), [s for _, s in variants], progress=_reporter(ctx, "scoring"))
     import numpy as np
 
     scores = np.asarray(scores, dtype=np.float64).reshape(len(replicates), len(variants))
@@ -331,7 +371,14 @@ def run_single_site(ctx: JobContext) -> JobOutput:
     codes = single_site_codes(wt)
     engine = res.engine()
     ctx.progress(0, 1, "single-site scan")
-    out = list(engine.single_site(_ensemble(replicates), wt, progress=_reporter(ctx, "single-site scan")))
+    sched = res.scheduler(engine)
+    if sched is not None:  # through the model's batching scheduler, fair with every other job
+        from plmserve.serving.poet_batching import single_site
+
+        out = single_site(sched, job_principal(ctx), _ensemble(replicates), wt,
+                          progress=_reporter(ctx, "single-site scan"))
+    else:
+        out = list(engine.single_site(_ensemble(replicates), wt, progress=_reporter(ctx, "single-site scan")))
     if len(out) != len(codes):
         raise PlmserveError(f"the PoET engine returned {len(out)} single-site rows, expected {len(codes)}")
     rows = []

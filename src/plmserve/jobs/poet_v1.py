@@ -79,27 +79,16 @@ def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) ->
     ``sequence`` under each of the N prompts (see the module docstring for the conventions).
 
     Uses the network of a :class:`plmserve.models.poet.engine.PoET` directly: the prompt's
-    whole-context K/V (:meth:`PoET.embed`), then one decoder pass over ``*SEQ`` with a forward
-    hook on the output projection to read the hidden states."""
-    import torch
+    whole-context K/V (:meth:`PoET.embed`), then one decoder pass over ``*SEQ``
+    (:func:`plmserve.serving.poet_batching.decode_arrays`, which reads the hidden states with a
+    forward hook that ignores other threads' passes)."""
+    from plmserve.serving.poet_batching import decode_arrays
 
-    from plmserve.models.poet import alphabet as A
-
-    model = engine.model
-    tok = torch.as_tensor(A.encode_sequence(sequence), device=engine.device)[None, :-1]  # [1, L+1]
-    pos = torch.arange(tok.shape[1], device=engine.device)[None, :]
-    L = len(sequence)
     logits_out, hidden_out = [], []
     for prompt in prompts:
-        cache = engine.embed(list(prompt))
-        seen: list = []
-        handle = model.linear.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
-        try:
-            logits, _ = model.decode(tok, pos, memory=cache.memory)
-        finally:
-            handle.remove()
-        logits_out.append(logits[0, :L].float().cpu().numpy())
-        hidden_out.append(seen[0][0, 1: L + 1].float().cpu().numpy())
+        logits, hidden = decode_arrays(engine, engine.embed(list(prompt)), sequence)
+        logits_out.append(logits)
+        hidden_out.append(hidden)
     return np.stack(logits_out), np.stack(hidden_out)
 
 
@@ -170,8 +159,19 @@ def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
     reduction = ctx.args.get("reduction")
     arrays: dict[str, np.ndarray] = {}
     ctx.progress(0, len(rows), f"{kind}: 0/{len(rows)}")
+    sched = res.scheduler(engine) if hasattr(res, "scheduler") else None
+    if sched is not None:  # through the PoET model's batching scheduler (one prompt embedding per replicate)
+        from plmserve.jobs.poet import job_principal
+        from plmserve.serving.poet_batching import arrays as scheduled_arrays
+
+        def report(done: int, total: int) -> None:
+            ctx.progress(done, total, f"{kind}: {done}/{total}")
+
+        computed = scheduled_arrays(sched, job_principal(ctx), prompts, [s for _, s in rows], progress=report)
+    else:
+        computed = None
     for i, (_, seq) in enumerate(rows):
-        logits, hidden = poet_arrays(engine, prompts, seq)
+        logits, hidden = computed[i] if computed is not None else poet_arrays(engine, prompts, seq)
         if kind == "logits":
             arr = logits
         elif reduction == "MEAN":
@@ -181,7 +181,8 @@ def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
         else:
             arr = hidden
         arrays[str(i)] = arr[0] if arr.shape[0] == 1 else arr
-        ctx.progress(i + 1, len(rows), f"{kind}: {i + 1}/{len(rows)}")
+        if computed is None:
+            ctx.progress(i + 1, len(rows), f"{kind}: {i + 1}/{len(rows)}")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))

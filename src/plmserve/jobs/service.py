@@ -43,11 +43,12 @@ class JobService:
             from plmserve.jobs.ray_executor import RayExecutor
 
             executor = RayExecutor(self.store, settings)
+        self.resources = PoetResources(settings, models)
         if executor is None:
             handlers = dict(poet_handlers())
             handlers.update(extra_handlers or {})
             executor = InProcessExecutor(self.store, handlers, workers=max(1, int(getattr(settings, "workers", 1))),
-                                         resources=PoetResources(settings, models),
+                                         resources=self.resources,
                                          max_attempts=int(getattr(settings, "job_max_attempts", 3) or 0) or None)
         self.executor = executor
         self._lock = threading.Lock()
@@ -70,6 +71,7 @@ class JobService:
                 return
             self._started = False
         self.executor.stop(wait=True)
+        self.resources.close()  # the PoET batching schedulers (issue 14)
         self.store.close()
 
     def submit(self, job_type: str, owner: str, args: Mapping[str, Any], *,

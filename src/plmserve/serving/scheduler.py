@@ -27,7 +27,10 @@ no code taken from either):
 * **Cancellation**: :meth:`ModelScheduler.cancel` drops a request's queued units (a client that
   disconnected): its remaining batches are never computed.
 
-The entry point for routes is :func:`run_batched`; the per-family computations are
+The entry point for routes is :func:`run_batched`; for plain threads (job workers: PoET jobs,
+:mod:`plmserve.serving.poet_batching`) it is :meth:`ModelScheduler.run_sync`, which waits
+instead of failing when the queue is full and drops the queued units when its ``check`` raises
+(a canceled job). The per-family computations are
 :class:`BatchMethod` objects registered with :func:`register_method` (ESM-2's ``encode``,
 ``predict`` and ``log_prob`` are registered here; ESM C's in :mod:`plmserve.serving.methods_esmc`, the
 variant-scoring passes in :mod:`plmserve.serving.methods_marginals`; other families add theirs the same
@@ -264,6 +267,82 @@ class ModelScheduler:
         req.future.cancel()
         metrics.MODEL_REQUESTS.labels(self.slug, req.method_name, "canceled").inc()
         return dropped
+
+    def run_sync(self, principal: str, groups: Sequence[tuple[str, BatchMethod, list[Unit], dict]], *,
+                 check: Callable[[int, int], None] | None = None, poll_s: float = 0.2,
+                 check_every_s: float = 1.0) -> list[list[Any]]:
+        """Compute unit groups from a plain thread (a job worker, not the event loop) and wait.
+
+        Each group ``(method_name, method, units, params)`` is queued as one request (split into
+        pieces of at most half ``max_queue_items`` units, so a job larger than the queue still
+        runs); all groups of a call share ``principal`` and are fair with everyone else's work
+        like HTTP requests. When the queue is full the pieces not yet queued wait and are retried
+        (backing off up to the ``Retry-After`` estimate, at most 2 s) instead of failing.
+
+        Args:
+            check: ``check(done_units, total_units)``, called when units were completed (at most
+                once per ``poll_s``) and at least every ``check_every_s``; whatever it raises
+                (e.g. :class:`plmserve.jobs.executor.JobCanceled`) cancels every request of this
+                call -- its queued units are dropped, never computed -- and is re-raised.
+
+        Returns:
+            Per group, the per-unit results of ``method.run`` in the group's unit order
+            (``method.combine`` is not applied).
+
+        Raises:
+            ServiceUnavailableError: the scheduler is stopping.
+            Exception: whatever a batch of this call raised (the other requests are canceled).
+        """
+        cap = max(1, self.max_queue_items // 2)
+        results: list[list[Any]] = [[None] * len(g[2]) for g in groups]
+        waiting: deque[tuple[int, int, list[Unit]]] = deque(
+            (g, start, list(units[start:start + cap]))
+            for g, (_, _, units, _) in enumerate(groups) for start in range(0, max(len(units), 1), cap))
+        total = sum(len(g[2]) for g in groups)
+        live: list[tuple[int, int, ScheduledRequest]] = []
+        finished = 0
+        last_done, last_check, retry_at = -1, time.monotonic(), 0.0
+        try:
+            while waiting or live:
+                now = time.monotonic()
+                while waiting and now >= retry_at:
+                    g, start, units = waiting[0]
+                    name, method, _, params = groups[g]
+                    try:
+                        req = self.submit(principal, name, method, units, len(units), params)
+                    except ServiceUnavailableError as exc:
+                        if self._stopping:
+                            raise
+                        wait = float(exc.headers.get("Retry-After", 1))
+                        retry_at = now + min(2.0, max(poll_s, wait))
+                        break
+                    waiting.popleft()
+                    live.append((g, start, req))
+                pending = [r.future for _, _, r in live if not r.future.done()]
+                if pending:
+                    concurrent.futures.wait(pending, timeout=poll_s,
+                                            return_when=concurrent.futures.FIRST_EXCEPTION)
+                elif waiting:
+                    time.sleep(poll_s)
+                still = []
+                for g, start, r in live:
+                    if r.future.done():
+                        out = r.future.result()
+                        results[g][start:start + len(out)] = out
+                        finished += len(r.units)
+                    else:
+                        still.append((g, start, r))
+                live = still
+                done = finished + sum(r.done_units for _, _, r in live)
+                now = time.monotonic()
+                if check is not None and (done != last_done or now - last_check >= check_every_s):
+                    last_done, last_check = done, now
+                    check(done, total)
+        except BaseException:
+            for _, _, r in live:
+                self.cancel(r)
+            raise
+        return results
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Refuse new work, fail every queued request (503) and end the worker after its batch."""

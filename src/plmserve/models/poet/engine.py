@@ -112,6 +112,39 @@ class PromptCache:
         return replace(self, memory=mem)
 
 
+@dataclass
+class SiteContext:
+    """The wild type of a single-site scan decoded once in one direction
+    (:meth:`PoET.single_site_prefix`), shared by its mutants' suffix decodes.
+
+    Attributes:
+        cache: the prompt cache used (its ``reverse`` is the direction).
+        length: ``L``, residues of the wild type.
+        wt_tokens: ``[L + 2]`` long, the encoded wild type (start, residues, stop; reversed in
+            the backward direction).
+        shared: per layer the wild type's ``(seq_k, seq_v, ctx_k, ctx_v)`` states ``[H, L+1, hd]``.
+        wt_log_probs: ``[L + 1, V]`` log-softmax of the wild type's next-token logits.
+        cum_before: ``[L + 2]``, ``cum_before[p]`` = sum of the wild type's first ``p`` terms.
+        wt_score: the wild type's log-likelihood in this direction (nats).
+    """
+
+    cache: PromptCache
+    length: int
+    wt_tokens: Tensor
+    shared: list
+    wt_log_probs: Tensor
+    cum_before: Tensor
+    wt_score: float
+
+    def input_index(self, i: int) -> int:
+        """Input index ``p`` of (0-based) residue ``i`` in this direction."""
+        return (i + 1) if not self.cache.reverse else (self.length - i)
+
+    def suffix_length(self, i: int) -> int:
+        """Tokens a mutant at residue ``i`` decodes (its suffix, ``L + 1 - p``)."""
+        return self.length + 1 - self.input_index(i)
+
+
 def _prompt_sequences(prompt: Iterable[Any]) -> list[str]:
     """Normalise one prompt: strings or (name, seq) pairs; gaps/'.' removed, upper-cased, checked."""
     out = []
@@ -380,6 +413,15 @@ class PoET:
             batches.append(cur)
         return batches
 
+    def score_direction(self, cache: PromptCache, sequences: Sequence[str]) -> np.ndarray:
+        """Log-likelihoods of ``sequences`` (already checked with ``alphabet.check_sequence``)
+        in the direction of ``cache`` only (one half of :meth:`score`), batched by length.
+
+        Returns:
+            float64 ``[len(sequences)]`` (nats).
+        """
+        return self._score_direction(cache, list(sequences), None)
+
     def _score_direction(
         self, cache: PromptCache, seqs: list[str], on_batch: Callable[[int], None] | None
     ) -> np.ndarray:
@@ -510,45 +552,69 @@ class PoET:
         return result if _is_ensemble(prompt) else result[0]
 
     # ------------------------------------------------------------------ single-site scan
-    def _single_site_direction(
-        self, cache: PromptCache, wt: str, muts: list[tuple[int, int]], on_batch: Callable[[int], None] | None
-    ) -> tuple[float, np.ndarray]:
-        """WT log-likelihood and the mutants' (0-based residue index, amino-acid id) scores in the
-        cache's direction, decoding only each mutant's suffix after the shared wild-type prefix."""
+    def single_site_prefix(self, cache: PromptCache, wt: str) -> "SiteContext":
+        """Decode the wild type ``wt`` once in the cache's direction (step 1 of the single-site
+        scan, see :meth:`single_site`): its log-likelihood, per-token terms and every layer's
+        states, shared by all of its mutants' suffix decodes (:meth:`single_site_suffix`).
+
+        Args:
+            cache: the prompt cache (its ``reverse`` gives the direction).
+            wt: the wild type, already checked (``alphabet.check_sequence``), ``L`` residues.
+
+        Returns:
+            A :class:`SiteContext` (tensors on the model's device; states ``[H, L+1, hd]``).
+        """
         L = len(wt)
         wt_tok = torch.as_tensor(A.encode_sequence(wt, reverse=cache.reverse), device=self.device)  # [L+2]
-        inp = wt_tok[None, :-1]
         pos_all = torch.arange(L + 1, device=self.device)
-        logits, states = self.model.decode(inp, pos_all[None], memory=cache.memory, return_states=True)
+        logits, states = self.model.decode(wt_tok[None, :-1], pos_all[None], memory=cache.memory, return_states=True)
         assert states is not None
         shared = [tuple(s[0] for s in layer) for layer in states]  # [H, L+1, hd] each
         wt_lp_full = torch.log_softmax(logits[0].to(torch.promote_types(logits.dtype, torch.float32)), -1)
         terms = wt_lp_full.gather(-1, wt_tok[1:, None])[:, 0].masked_fill(wt_tok[1:] == A.MASK, 0.0)  # [L+1]
         cum_before = torch.cat([terms.new_zeros(1), torch.cumsum(terms, 0)])  # cum_before[p] = sum terms[:p]
-        wt_score = float(terms.sum())
-        # input index p of the mutated residue in this direction
-        p_of = [(i + 1) if not cache.reverse else (L - i) for i, _ in muts]
+        return SiteContext(cache, L, wt_tok, shared, wt_lp_full, cum_before, float(terms.sum()))
+
+    def single_site_suffix(self, site: "SiteContext", muts: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Scores of the mutants ``muts`` (0-based residue index, amino-acid id) in one batch:
+        each decodes only its suffix after the substitution, attending to the wild type's prefix
+        states of ``site`` (step 2 of :meth:`single_site`; callers group mutants of similar
+        suffix length, ``L + 1 - p``, with :meth:`_batches`).
+
+        Returns:
+            float64 ``[len(muts)]`` absolute log-likelihoods in the site's direction (nats).
+        """
+        L, wt_tok, cache = site.length, site.wt_tokens, site.cache
+        p_list = [site.input_index(i) for i, _ in muts]
+        width = max(L + 1 - p for p in p_list)
+        p_t = torch.as_tensor(p_list, device=self.device)
+        aa_t = torch.as_tensor([a for _, a in muts], device=self.device)
+        offs = torch.arange(width, device=self.device)
+        idx = p_t[:, None] + offs[None, :]  # absolute positions [B, W]
+        valid = idx <= L
+        idx_c = idx.clamp(max=L)
+        x = torch.where(valid, wt_tok[:-1][idx_c], torch.full_like(idx_c, A.MASK))
+        x[:, 0] = aa_t
+        tgt = torch.where(valid, wt_tok[1:][idx_c], torch.full_like(idx_c, A.MASK))
+        lg, _ = self.model.decode(x, idx_c, memory=cache.memory, shared=site.shared, shared_len=p_t)
+        suffix = self._token_logprobs(lg, tgt).sum(-1)
+        first = site.wt_log_probs[p_t - 1, aa_t]  # log p(mutant residue | WT prefix)
+        total = site.cum_before[p_t - 1] + first + suffix
+        return total.double().cpu().numpy()
+
+    def _single_site_direction(
+        self, cache: PromptCache, wt: str, muts: list[tuple[int, int]], on_batch: Callable[[int], None] | None
+    ) -> tuple[float, np.ndarray]:
+        """WT log-likelihood and the mutants' (0-based residue index, amino-acid id) scores in the
+        cache's direction, decoding only each mutant's suffix after the shared wild-type prefix."""
+        site = self.single_site_prefix(cache, wt)
         out = np.zeros(len(muts), dtype=np.float64)
-        suffix_len = [L + 1 - p for p in p_of]
+        suffix_len = [site.suffix_length(i) for i, _ in muts]
         for batch in self._batches(suffix_len):
-            width = max(suffix_len[j] for j in batch)
-            p_t = torch.as_tensor([p_of[j] for j in batch], device=self.device)
-            aa_t = torch.as_tensor([muts[j][1] for j in batch], device=self.device)
-            offs = torch.arange(width, device=self.device)
-            idx = p_t[:, None] + offs[None, :]  # absolute positions [B, W]
-            valid = idx <= L
-            idx_c = idx.clamp(max=L)
-            x = torch.where(valid, wt_tok[:-1][idx_c], torch.full_like(idx_c, A.MASK))
-            x[:, 0] = aa_t
-            tgt = torch.where(valid, wt_tok[1:][idx_c], torch.full_like(idx_c, A.MASK))
-            lg, _ = self.model.decode(x, idx_c, memory=cache.memory, shared=shared, shared_len=p_t)
-            suffix = self._token_logprobs(lg, tgt).sum(-1)
-            first = wt_lp_full[p_t - 1, aa_t]  # log p(mutant residue | WT prefix)
-            total = cum_before[p_t - 1] + first + suffix
-            out[batch] = total.double().cpu().numpy()
+            out[batch] = self.single_site_suffix(site, [muts[j] for j in batch])
             if on_batch:
                 on_batch(len(batch))
-        return wt_score, out
+        return site.wt_score, out
 
     def single_site(
         self,
