@@ -239,6 +239,19 @@ class PromptCacheDirectory:
 
 
 # ---------------------------------------------------------------------- the worker side
+def _wait(ref: Any, timeout: float) -> Any:
+    """The value of ``ref`` *without* telling Ray that this task blocks.
+
+    ``ray.get`` inside a task makes the raylet lend the task's CPU to another task while it waits,
+    so a 1-CPU node would start a second job (in a new worker process) during a 2 ms lookup and
+    run two jobs on one core. ``ObjectRef.future()`` resolves through a callback instead.
+
+    Raises:
+        concurrent.futures.TimeoutError, or the Ray error of the object (lost, owner died ...).
+    """
+    return ref.future().result(timeout=timeout)
+
+
 class ObjectStorePromptCache:
     """A worker's access to the cluster's prompt caches (see the module docstring).
 
@@ -282,18 +295,16 @@ class ObjectStorePromptCache:
         seqs = _prompt_sequences([prompt] if isinstance(prompt, str) else prompt)
         if not seqs:
             return engine.embed(seqs, reverse=reverse)
-        import ray
-
         key = prompt_key(engine_fingerprint(engine), seqs, reverse)
         try:
-            found = ray.get(self.dispatcher.prompt_cache_lookup.remote(key, self._who), timeout=CACHE_TIMEOUT_S)
+            found = _wait(self.dispatcher.prompt_cache_lookup.remote(key, self._who), CACHE_TIMEOUT_S)
         except Exception as exc:
             logger.warning("prompt cache lookup failed (%s); encoding the prompt here", exc)
             self.counts["error"] += 1
             found = None
         if found:
             try:
-                payload = ray.get(found[0], timeout=CACHE_TIMEOUT_S)
+                payload = _wait(found[0], CACHE_TIMEOUT_S)
                 cache = cache_from_payload(payload, engine.device, engine.dtype)
                 self.counts["hit"] += 1
                 return cache
@@ -307,8 +318,8 @@ class ObjectStorePromptCache:
         cache = engine.embed(seqs, reverse=reverse)
         self.counts["miss"] += 1
         try:
-            ok = ray.get(self.dispatcher.prompt_cache_publish.remote(key, cache_to_payload(cache), self._who),
-                         timeout=CACHE_TIMEOUT_S)
+            ok = _wait(self.dispatcher.prompt_cache_publish.remote(key, cache_to_payload(cache), self._who),
+                       CACHE_TIMEOUT_S)
             self.counts["publish"] += int(bool(ok))
         except Exception as exc:
             logger.warning("prompt cache publication failed (%s)", exc)
