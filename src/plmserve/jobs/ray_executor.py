@@ -25,6 +25,22 @@ the current attempt only, so a retried job -- or a zombie worker that lost conta
 duplicated or stale results. Cancellation: the store says CANCELED (the API writes it), a queued
 task is dropped by Ray, a running one stops at its next progress report.
 
+What moves between processes, and how:
+
+- **Encoded prompts** (PoET's per-layer prompt keys/values, :class:`~plmserve.models.poet.engine.PromptCache`)
+  travel through Ray's object store (:mod:`plmserve.cluster.prompt_cache`): the worker that first
+  encodes a prompt hands the arrays to the dispatcher, which ``ray.put``\ s them (so the dispatcher
+  owns the object and it outlives that worker) and keeps ``prompt key -> ObjectRef`` in an LRU
+  bounded by ``ray_prompt_cache_mb``; every later job on any node that needs the same prompt, model
+  and direction reads the object instead of encoding the prompt again.
+- **Results** go from the task straight to the store, once: the handler returns its artifacts
+  (``result.json`` is one blob for the whole job, however many rows it has) and :class:`AttemptStore`
+  writes them with SUCCESS in one fenced transaction -- one ``INSERT`` per artifact, never a row per
+  result row, and nothing before the job is complete (progress is a counter). The task's Ray return
+  value is only its outcome (``"success"`` ...), so no result is copied through the dispatcher;
+  readers (the API replicas) fetch the blob from the store.
+- Job arguments and inputs (``input.json``, the prompt) are read by the task from the store.
+
 SQLite works only when every Ray node runs on this machine (the workers open the same file);
 :func:`connect` refuses otherwise, naming the remote nodes. Design after Ray's own guidance on
 fault tolerance (``https://docs.ray.io/en/latest/ray-core/fault-tolerance.html``): application
