@@ -88,3 +88,85 @@ def test_unbound_cache_and_bad_prompts_behave_as_the_engine(engine):
     pc.bind(object(), "job")  # bound (to anything): a bad prompt is refused before any lookup
     with pytest.raises(InvalidInputError, match="prompt sequence 1"):
         view.embed(["MKT", "MK1T"])
+
+
+class _Done:
+    """An already-resolved Ray reference: ``future().result()`` returns the value or raises it."""
+
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+    def future(self):
+        import concurrent.futures
+
+        f = concurrent.futures.Future()
+        f.set_exception(self.error) if self.error else f.set_result(self.value)
+        return f
+
+
+class _Method:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args):
+        try:
+            return _Done(self.fn(*args))
+        except Exception as exc:
+            return _Done(error=exc)
+
+
+class _FakeDispatcher:
+    """The dispatcher's prompt-cache methods over a :class:`PromptCacheDirectory` whose "object
+    store" is a dict; ``lose`` makes every stored object unreadable (its node died)."""
+
+    def __init__(self, lose=False, down=False):
+        def put(payload):
+            return _Done(error=RuntimeError("ObjectLostError")) if lose else _Done(payload)
+
+        self.directory = PromptCacheDirectory(max_bytes=2**30, put=put)
+        self.forgotten = []
+
+        def lookup(key, who):
+            if down:
+                raise RuntimeError("the dispatcher is gone")
+            return self.directory.lookup(key, who)
+
+        self.prompt_cache_lookup = _Method(lookup)
+        self.prompt_cache_publish = _Method(lambda key, payload, who: self.directory.publish(key, payload, who))
+        self.prompt_cache_forget = _Method(lambda key, who: (self.forgotten.append(key), self.directory.forget(key)))
+
+
+def test_a_second_worker_reads_the_published_encoding_and_scores_the_same(engine):
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MKTAYIAKQRQISFVKSHFSRA"]
+    d = _FakeDispatcher()
+    first, second = ObjectStorePromptCache(), ObjectStorePromptCache()
+    first.bind(d, "job-a", "node-1")
+    second.bind(d, "job-b", "node-2")
+    got_a = first.wrap(engine).score([PROMPT], seqs)
+    calls = []
+    real = engine.embed
+    engine.embed = lambda *a, **k: calls.append(a) or real(*a, **k)  # count encodings done by the model
+    try:
+        got_b = second.wrap(engine).score([PROMPT], seqs)
+    finally:
+        del engine.embed
+    assert calls == [] and second.counts["hit"] == 2 and second.counts["miss"] == 0
+    assert first.counts == {"hit": 0, "miss": 2, "publish": 2, "error": 0}
+    np.testing.assert_array_equal(got_b, got_a)
+    np.testing.assert_array_equal(got_a, engine.score([PROMPT], seqs))
+
+
+@pytest.mark.parametrize("failure", ["lost", "down"])
+def test_a_lost_object_or_an_unreachable_dispatcher_falls_back_to_encoding(engine, failure):
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ"]
+    d = _FakeDispatcher(lose=failure == "lost", down=failure == "down")
+    a, b = ObjectStorePromptCache(), ObjectStorePromptCache()
+    a.bind(d, "job-a")
+    b.bind(d, "job-b")
+    a.wrap(engine).score([PROMPT], seqs)
+    got = b.wrap(engine).score([PROMPT], seqs)  # reads fail: b encodes the prompt itself
+    np.testing.assert_array_equal(got, engine.score([PROMPT], seqs))
+    assert b.counts["miss"] == 2 and b.counts["error"] >= 2
+    if failure == "lost":
+        assert len(d.forgotten) == 2  # the unreadable entries were dropped ...
+        assert b.counts["publish"] == 2  # ... and b's encodings published in their place
