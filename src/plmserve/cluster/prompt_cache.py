@@ -17,7 +17,7 @@ the cluster and then fetched from Ray's object store by every worker that needs 
    its model's device and dtype. Nothing is recomputed.
 3. Not found (or the object was lost with its node): the worker encodes the prompt itself and
    publishes it: the tensors go, as numpy arrays (zero-copy readable), to the dispatcher, which
-   ``ray.put``\\ s them, so the object is *owned by the dispatcher* (a detached actor) and outlives the
+   stores them with ``ray.put``, so the object is *owned by the dispatcher* (a detached actor) and outlives the
    worker process that computed it (a killed worker's retried job still finds it).
 
 The directory is an LRU bounded by ``ray_prompt_cache_mb`` (setting ``PLMSERVE_RAY_PROMPT_CACHE_MB``,
@@ -38,8 +38,9 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from plmserve.jobs.poet import PoetResources
 
@@ -51,7 +52,7 @@ _MAX_EVENTS = 10000
 
 
 # ---------------------------------------------------------------------- keys and payloads
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _FP_LOCK = threading.Lock()
 
 
@@ -162,7 +163,7 @@ class PromptCacheDirectory:
 
     max_bytes: int
     put: Any = None  # how objects are stored (default ``ray.put``: owned by the calling process)
-    _entries: "OrderedDict[str, _Entry]" = field(default_factory=OrderedDict)
+    _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
     _events: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     _counts: dict[str, int] = field(default_factory=lambda: {"hit": 0, "miss": 0, "publish": 0, "lost": 0,
                                                              "evicted": 0, "rejected": 0})

@@ -29,7 +29,7 @@ What moves between processes, and how:
 
 - **Encoded prompts** (PoET's per-layer prompt keys/values, :class:`~plmserve.models.poet.engine.PromptCache`)
   travel through Ray's object store (:mod:`plmserve.cluster.prompt_cache`): the worker that first
-  encodes a prompt hands the arrays to the dispatcher, which ``ray.put``\ s them (so the dispatcher
+  encodes a prompt hands the arrays to the dispatcher, which stores them with ``ray.put`` (so the dispatcher
   owns the object and it outlives that worker) and keeps ``prompt key -> ObjectRef`` in an LRU
   bounded by ``ray_prompt_cache_mb``; every later job on any node that needs the same prompt, model
   and direction reads the object instead of encoding the prompt again.
