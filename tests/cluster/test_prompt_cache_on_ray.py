@@ -5,12 +5,16 @@ Job A scores variants under a 2-replicate BLAT prompt: its worker encodes the 4 
 (2 replicates x 2 directions) and publishes them. Then A's node is kept busy (a task pinned to it
 holds its only CPU), so job B -- a single-site scan under the same prompt -- runs in a worker
 process on the *other* node: the dispatcher's record shows B's 4 prompt encodings were read from
-the object store (hits, no miss), and both jobs' scores equal the in-process executor's.
+the object store (hits, no miss), and both jobs' scores equal the in-process executor's. Then the
+worker process that computed the encodings is killed: job C still reads them (the dispatcher owns
+the objects), with A's scores.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -120,6 +124,19 @@ def test_second_job_on_another_node_reads_the_prompt_from_the_object_store(
             assert [r["sequence"] for r in got] == [r["sequence"] for r in ref]
             np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in ref], rtol=1e-6, atol=1e-6)
         assert len(rows_b) == 1 + 19 * 12
+
+        # the worker that computed and published the encodings dies: they are the dispatcher's
+        # objects, so a later job still reads them
+        release.write_text("go")
+        ray.get(held, timeout=60)
+        held = None
+        os.kill(pid_a, signal.SIGKILL)
+        c, rows_c = _run(store, ex, pj.JOB_SCORE, score_args, prompt.job_id, inputs)
+        pid_c, _ = _started(ex, c)
+        assert pid_c != pid_a
+        events = ray.get(ex.dispatcher.prompt_cache_events.remote())
+        assert [what for j, what, _, _, _ in events if j == c] == ["hit"] * 4, events
+        np.testing.assert_allclose([r["score"] for r in rows_c], [r["score"] for r in ref_a], rtol=1e-6, atol=1e-6)
     finally:
         release.write_text("go")
         if held is not None:
