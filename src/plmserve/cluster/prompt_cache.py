@@ -20,7 +20,8 @@ the cluster and then fetched from Ray's object store by every worker that needs 
    stores them with ``ray.put``, so the object is *owned by the dispatcher* (a detached actor) and outlives the
    worker process that computed it (a killed worker's retried job still finds it).
 
-The directory is an LRU bounded by ``ray_prompt_cache_mb`` (setting ``PLMSERVE_RAY_PROMPT_CACHE_MB``,
+The objects live in the object store of the dispatcher's node and Ray copies them to a reader's
+node. The directory is an LRU bounded by ``ray_prompt_cache_mb`` (setting ``PLMSERVE_RAY_PROMPT_CACHE_MB``,
 0 turns the sharing off); dropping an entry drops the dispatcher's reference and Ray frees the object.
 Two jobs that start on a new prompt at the same moment both compute it (the first publication is
 kept). Any failure of the cache (dispatcher unreachable, object store full, object lost) falls back to
