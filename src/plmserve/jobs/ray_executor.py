@@ -82,6 +82,8 @@ from plmserve.jobs.store import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_HANDLERS = "plmserve.jobs.poet:handlers"
+#: Seconds the dispatcher waits on running tasks before looking at new submissions again.
+WAKE_SLICE_S = 0.05
 #: Job types that run no model (MSA search, prompt sampling): they never get ``ray_job_num_gpus``.
 NO_MODEL_JOB_PREFIX = "/align/"
 
@@ -494,7 +496,11 @@ class JobDispatcher:
                 with self._lock:
                     refs = {f.ref: j for j, f in self._flights.items()}
                 if refs:
-                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=self.poll_s)
+                    # wait for a task to end, in short slices so that a job submitted meanwhile
+                    # is launched at once, not after up to poll_s (a worker may be free)
+                    ready, deadline = [], time.monotonic() + self.poll_s
+                    while not ready and not self._wake.is_set() and time.monotonic() < deadline:
+                        ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAKE_SLICE_S)
                     if ready:
                         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
                     for ref in ready:
