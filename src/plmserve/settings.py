@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     model_replicas: dict[str, int] = Field(default_factory=dict)  # model pool: slug -> Ray actors
     ray_actor_num_cpus: float = 1.0  # resources of one model-pool actor
     ray_actor_num_gpus: float = 0.0
+    ray_prompt_cache_mb: int = 4096  # PoET prompt caches shared through Ray's object store (0: off)
     # --- serving engine: batching, limits, operations (issue 14) ---------------------
     served_models: list[str] | None = Field(
         default=None, description="model allowlist (--models esm2-8m,poet); None: the models whose weights "

@@ -35,3 +35,15 @@ def run_bad(ctx: JobContext) -> JobOutput:
 
 def handlers():
     return {"/test/sleep": run_sleep, "/test/crash": run_crash, "/test/bad": run_bad}
+
+
+def hold_cpu(started: str, release: str, timeout: float = 300.0) -> int:
+    """A plain Ray task body that holds its CPU until the file ``release`` exists (tests pin it to
+    a node to keep jobs off that node); writes ``started`` first. Returns its pid."""
+    from pathlib import Path
+
+    Path(started).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid()

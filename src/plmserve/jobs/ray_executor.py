@@ -25,6 +25,22 @@ the current attempt only, so a retried job -- or a zombie worker that lost conta
 duplicated or stale results. Cancellation: the store says CANCELED (the API writes it), a queued
 task is dropped by Ray, a running one stops at its next progress report.
 
+What moves between processes, and how:
+
+- **Encoded prompts** (PoET's per-layer prompt keys/values, :class:`~plmserve.models.poet.engine.PromptCache`)
+  travel through Ray's object store (:mod:`plmserve.cluster.prompt_cache`): the worker that first
+  encodes a prompt hands the arrays to the dispatcher, which stores them with ``ray.put`` (so the dispatcher
+  owns the object and it outlives that worker) and keeps ``prompt key -> ObjectRef`` in an LRU
+  bounded by ``ray_prompt_cache_mb``; every later job on any node that needs the same prompt, model
+  and direction reads the object instead of encoding the prompt again.
+- **Results** go from the task straight to the store, once: the handler returns its artifacts
+  (``result.json`` is one blob for the whole job, however many rows it has) and :class:`AttemptStore`
+  writes them with SUCCESS in one fenced transaction -- one ``INSERT`` per artifact, never a row per
+  result row, and nothing before the job is complete (progress is a counter). The task's Ray return
+  value is only its outcome (``"success"`` ...), so no result is copied through the dispatcher;
+  readers (the API replicas) fetch the blob from the store.
+- Job arguments and inputs (``input.json``, the prompt) are read by the task from the store.
+
 SQLite works only when every Ray node runs on this machine (the workers open the same file);
 :func:`connect` refuses otherwise, naming the remote nodes. Design after Ray's own guidance on
 fault tolerance (``https://docs.ray.io/en/latest/ray-core/fault-tolerance.html``): application
@@ -66,6 +82,8 @@ from plmserve.jobs.store import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_HANDLERS = "plmserve.jobs.poet:handlers"
+#: Seconds the dispatcher waits on running tasks before looking at new submissions again.
+WAKE_SLICE_S = 0.05
 #: Job types that run no model (MSA search, prompt sampling): they never get ``ray_job_num_gpus``.
 NO_MODEL_JOB_PREFIX = "/align/"
 
@@ -251,6 +269,14 @@ class _WorkerState:
     store: JobStore
     handlers: dict[str, Handler]
     resources: Any
+    dispatchers: dict[tuple[str, str], Any] = field(default_factory=dict)  # (name, namespace) -> handle
+
+    def dispatcher(self, name: str, namespace: str, refresh: bool = False) -> Any:
+        """The dispatcher actor's handle, looked up once per worker process (not per job)."""
+        handle = None if refresh else self.dispatchers.get((name, namespace))
+        if handle is None:
+            handle = self.dispatchers[(name, namespace)] = _ray().get_actor(name, namespace=namespace)
+        return handle
 
 
 _WORKER_STATES: dict[str, _WorkerState] = {}
@@ -263,19 +289,34 @@ def load_handlers(ref: str) -> dict[str, Handler]:
     return dict(getattr(importlib.import_module(mod), fn)())
 
 
+def _one_thread_per_cpu(settings: Any) -> None:
+    """Torch threads of a job worker = the CPUs its task declared (``ray_job_num_cpus``, at least 1):
+    more threads than reserved CPUs only makes the workers of one node fight over the cores."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(settings.ray_job_num_cpus)))
+    except Exception:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def _worker_state(settings_json: Mapping[str, Any], handlers_ref: str) -> _WorkerState:
     """Per worker process: the store, the handlers and a model manager (models stay loaded)."""
     key = hashlib.sha256(repr(sorted(settings_json.items())).encode() + handlers_ref.encode()).hexdigest()
     with _WORKER_LOCK:
         state = _WORKER_STATES.get(key)
         if state is None:
+            from plmserve.cluster.prompt_cache import ObjectStorePoetResources
             from plmserve.jobs.poet import PoetResources
             from plmserve.models.registry import ModelManager
             from plmserve.settings import Settings
 
             settings = Settings(**settings_json)
+            _one_thread_per_cpu(settings)
+            # prompt caches shared through Ray's object store (plmserve.cluster.prompt_cache)
+            res_cls = ObjectStorePoetResources if settings.ray_prompt_cache_mb > 0 else PoetResources
             state = _WorkerState(settings, JobStore(settings.resolved_database_url()), load_handlers(handlers_ref),
-                                 PoetResources(settings, ModelManager(settings)))
+                                 res_cls(settings, ModelManager(settings)))
             _WORKER_STATES[key] = state
         return state
 
@@ -285,11 +326,18 @@ def _run_job(job_id: str, settings_json: dict[str, Any], handlers_ref: str, disp
     """The body of a job's Ray task: tell the dispatcher where it runs, then :func:`run_attempt`."""
     ray = _ray()
     state = _worker_state(settings_json, handlers_ref)
-    try:
-        actor = ray.get_actor(dispatcher, namespace=namespace)
-        actor.started.remote(job_id, os.getpid(), ray.get_runtime_context().get_node_id())
-    except Exception:  # informational only
-        pass
+    node_id = ray.get_runtime_context().get_node_id()
+    actor = None
+    for refresh in (False, True):  # a cached handle of a dispatcher that was restarted still works
+        try:
+            actor = state.dispatcher(dispatcher, namespace, refresh=refresh)
+            actor.started.remote(job_id, os.getpid(), node_id)
+            break
+        except Exception:  # informational only
+            actor = None
+    prompt_cache = getattr(state.resources, "prompt_cache", None)
+    if prompt_cache is not None:
+        prompt_cache.bind(actor, job_id, node_id)
     job = state.store.get_job(job_id)
     handler = state.handlers.get(job.job_type)
     if handler is None:
@@ -346,6 +394,9 @@ class JobDispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.events: list[tuple[str, str, str]] = []  # (job_id, event, detail), for operators/tests
+        from plmserve.cluster.prompt_cache import PromptCacheDirectory
+
+        self.prompt_caches = PromptCacheDirectory(max(0, int(self.settings.ray_prompt_cache_mb)) * 2**20)
         # A new dispatcher (first start, or restarted by Ray after its node died): no task of a
         # previous incarnation survives its owner, so RUNNING jobs go back to PENDING.
         for job in self.store.list_jobs(status=RUNNING):
@@ -403,6 +454,27 @@ class JobDispatcher:
         with self._lock:
             return list(self.events)
 
+    # ----- prompt caches shared through the object store (plmserve.cluster.prompt_cache)
+    def prompt_cache_lookup(self, key: str, who: tuple = ()) -> list[Any] | None:
+        """``[ObjectRef]`` of an encoded prompt a worker published, or None."""
+        return self.prompt_caches.lookup(key, who)
+
+    def prompt_cache_publish(self, key: str, payload: dict[str, Any], who: tuple = ()) -> bool:
+        """Keep an encoded prompt in the object store, owned by this actor (outlives the worker)."""
+        return self.prompt_caches.publish(key, payload, who)
+
+    def prompt_cache_forget(self, key: str, who: tuple = ()) -> None:
+        """A worker could not read the entry's object: drop it."""
+        self.prompt_caches.forget(key, who)
+
+    def prompt_cache_stats(self) -> dict[str, int]:
+        """Hits, misses, publications ... and the entries and bytes held."""
+        return self.prompt_caches.stats()
+
+    def prompt_cache_events(self) -> list[tuple[str, str, str, int, str]]:
+        """``(job_id, "hit" | "miss" | "publish" | "lost", key[:16], worker pid, node id)``."""
+        return self.prompt_caches.events()
+
     def idle(self) -> bool:
         """No task in flight and no PENDING job in the store."""
         with self._lock:
@@ -424,7 +496,11 @@ class JobDispatcher:
                 with self._lock:
                     refs = {f.ref: j for j, f in self._flights.items()}
                 if refs:
-                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=self.poll_s)
+                    # wait for a task to end, in short slices so that a job submitted meanwhile
+                    # is launched at once, not after up to poll_s (a worker may be free)
+                    ready, deadline = [], time.monotonic() + self.poll_s
+                    while not ready and not self._wake.is_set() and time.monotonic() < deadline:
+                        ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAKE_SLICE_S)
                     if ready:
                         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
                     for ref in ready:
