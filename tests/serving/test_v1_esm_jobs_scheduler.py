@@ -127,6 +127,25 @@ def test_a_canceled_jobs_queued_units_are_not_computed(service, engines):
     assert service.store.get_artifact(job.job_id, v1.ART_ARRAYS) is None
 
 
+def test_a_job_survives_its_models_scheduler_being_stopped(service, engines):
+    """The model was evicted (its scheduler stopped, queued units failed) while the job waited:
+    the job reloads the model and finishes on a new scheduler instead of failing."""
+    engine = engines["esmc"]
+    sched = service.resources.model_scheduler("esmc-300m", "esmc", engine)
+    plug = Plug(sched)
+    plug.wait_running()
+    job = _submit(service, v1.JOB_LOGITS, "esmc", SEQS)
+    wait_until(lambda: queued_for(sched, f"alice/{job.job_id}") == len(SEQS), "the job's units to be queued")
+    sched.stop(timeout=0)
+    arrays = _arrays(service, job)
+    plug.release()
+    fresh = service.resources.model_scheduler("esmc-300m", "esmc", engine)
+    assert fresh is not sched and fresh.alive() and fresh.units_computed == len(SEQS)
+    direct = v1.esm_arrays(engine, SEQS, "logits", None, "esmc")
+    for i in range(len(SEQS)):
+        np.testing.assert_allclose(arrays[i], direct[i], rtol=1e-5, atol=1e-5)
+
+
 def test_jobs_share_the_apps_scheduler_and_ready_covers_the_job_schedulers(tmp_path, model_dir):
     from plmserve.api.app import create_app
     from plmserve.api.openprotein import get_service

@@ -168,19 +168,28 @@ def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
     if ctx.args.get("family") in ("esm2", "esmc"):
         rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
         family = ctx.args["family"]
-        engine = res.models.get(ctx.args["model"], family=family)
         ctx.progress(0, 1, f"{kind} ({ctx.args['model']})")
-        # logits / embed through the model's batching scheduler (shared with the HTTP routes when
-        # the job service belongs to an app); attn, and resources without schedulers: directly
-        model_scheduler = getattr(res, "model_scheduler", None)
-        sched = model_scheduler(ctx.args["model"], family, engine) if model_scheduler and kind != "attn" else None
+        from plmserve.errors import ServiceUnavailableError
         from plmserve.jobs.poet import job_principal
 
         def check(done: int, total: int) -> None:
             ctx.progress(done, total, f"{kind} ({ctx.args['model']}): {done}/{total}")
 
-        arrays = esm_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"), family,
-                            scheduler=sched, principal=job_principal(ctx), check=check)
+        # logits / embed through the model's batching scheduler (shared with the HTTP routes when
+        # the job service belongs to an app); attn, and resources without schedulers: directly
+        model_scheduler = getattr(res, "model_scheduler", None)
+        for attempt in range(3):
+            engine = res.models.get(ctx.args["model"], family=family)
+            sched = model_scheduler(ctx.args["model"], family, engine) if model_scheduler and kind != "attn" else None
+            try:
+                arrays = esm_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"), family,
+                                    scheduler=sched, principal=job_principal(ctx), check=check)
+                break
+            except ServiceUnavailableError:
+                # the model was evicted (its scheduler stopped) meanwhile: reload it and go on
+                if sched is None or sched.alive() or attempt == 2:
+                    raise
+                ctx.check_canceled()
         buf = io.BytesIO()
         np.savez(buf, **{str(i): a for i, a in enumerate(arrays)})
         return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))
