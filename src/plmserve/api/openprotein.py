@@ -90,7 +90,7 @@ def get_service(app: FastAPI):
             if svc is None:
                 from plmserve.jobs.service import JobService
 
-                svc = JobService(app.state.settings, app.state.models)
+                svc = JobService(app.state.settings, app.state.models, app=app)  # shares app.state.schedulers
                 app.state.job_service = svc
     svc.start()
     return svc

@@ -206,18 +206,47 @@ def prompt_json(replicates: Sequence[Sequence[tuple[str, str]]], random_seed: in
 # ---------------------------------------------------------------------- work functions
 @dataclass
 class PoetResources:
-    """What PoET/align work functions need: the settings, the (shared) model manager and the
-    batching schedulers of the PoET engines (:mod:`plmserve.serving.poet_batching`)."""
+    """What PoET/align/embedding work functions need: the settings, the (shared) model manager,
+    the batching schedulers of the PoET engines (:mod:`plmserve.serving.poet_batching`) and
+    the registry of the ESM-2 / ESM C schedulers (:meth:`model_scheduler`).
+
+    ``app``: the FastAPI app whose job service this is; the ESM-2 / ESM C jobs then use the
+    app's schedulers (``app.state.schedulers``, one per loaded model and process, shared with
+    the HTTP routes). Without one (a notebook, a Ray job worker) the resources keep their own."""
 
     settings: Any
     models: Any
     schedulers: Any = field(default=None, repr=False)
+    app: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.schedulers is None:
             from plmserve.serving.poet_batching import PoetSchedulers
 
             self.schedulers = PoetSchedulers(self.settings)
+        self._own_registry = None
+        if self.app is None:  # get_scheduler's registry holder: ``.state.settings``, ``.state.schedulers``
+            from types import SimpleNamespace
+
+            self._own_registry = SimpleNamespace(state=SimpleNamespace(settings=self.settings, schedulers={}))
+
+    def model_scheduler(self, model: str, family: str, engine: Any):
+        """The batching scheduler of the ESM-2 / ESM C ``engine`` of ``model`` (a slug or alias
+        of ``family``), created on first use: the app's when there is one
+        (:func:`plmserve.serving.scheduler.get_scheduler`), else this object's own."""
+        from plmserve.models.registry import get_spec
+        from plmserve.serving.scheduler import get_scheduler
+
+        return get_scheduler(self.app or self._own_registry, get_spec(model, family).slug, engine)
+
+    def batch_schedulers(self) -> dict[str, Any]:
+        """``name -> ModelScheduler`` of the schedulers these resources own (the PoET ones and,
+        without an app, the ESM ones): for readiness checks."""
+        poet = getattr(self.schedulers, "items", None)
+        out = {f"{slug} (jobs)": s for slug, s in (poet() if callable(poet) else [])}
+        if self._own_registry is not None:
+            out.update({f"{slug} (jobs)": s for slug, s in self._own_registry.state.schedulers.items()})
+        return out
 
     def engine(self):
         """The PoET engine registered as ``poet``."""
@@ -233,8 +262,13 @@ class PoetResources:
         return self.schedulers.get(engine)
 
     def close(self) -> None:
-        """Stop the schedulers (shut-down; the job workers have stopped already)."""
+        """Stop the schedulers (shut-down; the job workers have stopped already). The app's
+        schedulers are stopped by the app's own shut-down hook."""
         self.schedulers.stop()
+        if self._own_registry is not None:
+            from plmserve.serving.scheduler import stop_schedulers
+
+            stop_schedulers(self._own_registry)
 
 
 def run_msa(ctx: JobContext) -> JobOutput:

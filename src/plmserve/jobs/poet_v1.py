@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -93,7 +93,8 @@ def poet_arrays(engine: Any, prompts: Sequence[Sequence[str]], sequence: str) ->
 
 
 def esm_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str | None,
-               family: str = "esm2") -> list[np.ndarray]:
+               family: str = "esm2", *, scheduler: Any = None, principal: str = "jobs",
+               check: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """ESM-2 or ESM C arrays of the last layer, one per sequence (float32; BOS/EOS excluded):
 
     - ``logits`` ``[L, 20]``: ``engine.encode(include=["logits"])`` (columns
@@ -107,12 +108,32 @@ def esm_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str 
     - ``attn`` ``[H, L, L]`` (ESM-2 only): the last layer's attention weights between residues
       (BOS/EOS rows and columns dropped; rows do not sum to 1 then).
 
+    With ``scheduler`` (the model's :class:`~plmserve.serving.scheduler.ModelScheduler`) the
+    ``logits`` and ``embed`` passes go through it (:meth:`ModelScheduler.run_sync`, one unit per
+    sequence, the methods ``encode`` / ``forward_tokens`` registered for ``family``), batched
+    with the other jobs' and HTTP requests' units of the same computation under ``principal``;
+    ``check(done, total)`` is called as sequences complete and whatever it raises (a canceled
+    job) drops the queued units and is re-raised. The engine computes the same batched call
+    either way, so the arrays equal the direct ones up to float32 summation order. ``attn``
+    always runs directly (one unpadded pass per sequence with a hook on the attention maps).
+
     Raises:
         InvalidParameterError: ``attn`` for ESM C (``family="esmc"``; it has no attention output).
+        InvalidInputError: a bad sequence (before anything is queued).
     """
     esmc = family == "esmc"
+
+    def compute(method: str, items: list[Any], params: dict) -> list[Any]:
+        if scheduler is None:
+            return getattr(engine, method)(items, **params)
+        from plmserve.serving.scheduler import get_method
+
+        bm = get_method(family, method)
+        units = bm.expand(engine, items, params)
+        return scheduler.run_sync(principal, [(method, bm, units, params)], check=check)[0]
+
     if kind == "logits":
-        out = engine.encode(list(sequences), include=["logits"])
+        out = compute("encode", list(sequences), {"include": ["logits"], "repr_layers": [-1]})
         return [np.asarray(o["logits"], dtype=np.float32) for o in out]
     if kind == "attn":
         if esmc:
@@ -130,10 +151,10 @@ def esm_arrays(engine: Any, sequences: Sequence[str], kind: str, reduction: str 
         from plmserve.models.esmc.alphabet import tokenize
 
         seqs = engine.validate(list(sequences))
-        out = engine.forward_tokens([tokenize(s) for s in seqs], logits=False, embeddings=True)
+        out = compute("forward_tokens", [tokenize(s) for s in seqs], {"logits": False, "embeddings": True})
         per_residue = [np.asarray(o["embeddings"][1:-1], dtype=np.float32) for o in out]
     else:
-        out = engine.encode(list(sequences), include=["per_token"], repr_layers=[-1])
+        out = compute("encode", list(sequences), {"include": ["per_token"], "repr_layers": [-1]})
         per_residue = [np.asarray(next(iter(o["representations"].values())), dtype=np.float32) for o in out]
     if reduction == "MEAN":
         return [a.mean(axis=0) for a in per_residue]
@@ -146,9 +167,29 @@ def _run_arrays(ctx: JobContext, kind: str) -> JobOutput:
     res = ctx.resources
     if ctx.args.get("family") in ("esm2", "esmc"):
         rows = json.loads(ctx.store.get_artifact(ctx.job.job_id, ART_INPUT) or b"[]")
-        engine = res.models.get(ctx.args["model"], family=ctx.args["family"])
+        family = ctx.args["family"]
         ctx.progress(0, 1, f"{kind} ({ctx.args['model']})")
-        arrays = esm_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"), ctx.args["family"])
+        from plmserve.errors import ServiceUnavailableError
+        from plmserve.jobs.poet import job_principal
+
+        def check(done: int, total: int) -> None:
+            ctx.progress(done, total, f"{kind} ({ctx.args['model']}): {done}/{total}")
+
+        # logits / embed through the model's batching scheduler (shared with the HTTP routes when
+        # the job service belongs to an app); attn, and resources without schedulers: directly
+        model_scheduler = getattr(res, "model_scheduler", None)
+        for attempt in range(3):
+            engine = res.models.get(ctx.args["model"], family=family)
+            sched = model_scheduler(ctx.args["model"], family, engine) if model_scheduler and kind != "attn" else None
+            try:
+                arrays = esm_arrays(engine, [s for _, s in rows], kind, ctx.args.get("reduction"), family,
+                                    scheduler=sched, principal=job_principal(ctx), check=check)
+                break
+            except ServiceUnavailableError:
+                # the model was evicted (its scheduler stopped) meanwhile: reload it and go on
+                if sched is None or sched.alive() or attempt == 2:
+                    raise
+                ctx.check_canceled()
         buf = io.BytesIO()
         np.savez(buf, **{str(i): a for i, a in enumerate(arrays)})
         return JobOutput({ART_ARRAYS: buf.getvalue()}, num_records=len(rows))

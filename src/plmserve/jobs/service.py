@@ -32,10 +32,13 @@ class JobService:
         executor: an executor (default: an :class:`InProcessExecutor` with ``settings.workers``
             threads running :func:`plmserve.jobs.poet.handlers`).
         extra_handlers: more ``job_type -> handler`` entries for the default executor.
+        app: the FastAPI app serving this service: the in-process jobs then share its ESM-2 /
+            ESM C batching schedulers with the HTTP routes (one worker per loaded model).
     """
 
     def __init__(self, settings: Any, models: Any = None, *, store: JobStore | None = None,
-                 executor: Executor | None = None, extra_handlers: Mapping[str, Handler] | None = None):
+                 executor: Executor | None = None, extra_handlers: Mapping[str, Handler] | None = None,
+                 app: Any = None):
         self.settings = settings
         self.models = models
         self.store = store or JobStore.from_settings(settings)
@@ -43,7 +46,7 @@ class JobService:
             from plmserve.jobs.ray_executor import RayExecutor
 
             executor = RayExecutor(self.store, settings)
-        self.resources = PoetResources(settings, models)
+        self.resources = PoetResources(settings, models, app=app)
         if executor is None:
             handlers = dict(poet_handlers())
             handlers.update(extra_handlers or {})
@@ -71,7 +74,7 @@ class JobService:
                 return
             self._started = False
         self.executor.stop(wait=True)
-        self.resources.close()  # the PoET batching schedulers (issue 14)
+        self.resources.close()  # the PoET (and app-less ESM) batching schedulers (issue 14)
         self.store.close()
 
     def submit(self, job_type: str, owner: str, args: Mapping[str, Any], *,

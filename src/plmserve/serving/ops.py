@@ -318,7 +318,11 @@ def _readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
             ok = False
         else:
             checks["job_workers"] = "ok"
-    dead = [slug for slug, s in (getattr(app.state, "schedulers", None) or {}).items() if not s.alive()]
+    schedulers = dict(getattr(app.state, "schedulers", None) or {})
+    owned = getattr(getattr(svc, "resources", None), "batch_schedulers", None)
+    if callable(owned):  # the job service's own: PoET (and ESM without an app), issue 14
+        schedulers.update(owned())
+    dead = [name for name, s in schedulers.items() if not s.alive()]
     checks["batch_workers"] = f"stopped: {', '.join(dead)}" if dead else "ok"
     ok = ok and not dead
     models = app.state.models

@@ -174,6 +174,11 @@ class PoetSchedulers:
             self._by_slug[slug] = sched
             return sched
 
+    def items(self) -> list[tuple[str, ModelScheduler]]:
+        """``(slug, scheduler)`` of every scheduler created so far (readiness checks)."""
+        with self._lock:
+            return list(self._by_slug.items())
+
     def stop(self) -> None:
         """Stop every scheduler (queued work fails with 503; shut-down)."""
         with self._lock:
