@@ -170,3 +170,25 @@ def test_a_lost_object_or_an_unreachable_dispatcher_falls_back_to_encoding(engin
     if failure == "lost":
         assert len(d.forgotten) == 2  # the unreadable entries were dropped ...
         assert b.counts["publish"] == 2  # ... and b's encodings published in their place
+
+
+def test_worker_resources_keep_one_view_and_one_scheduler_per_engine(tmp_path):
+    """Every job of a Ray worker gets the same wrapped engine while the model stays loaded, so the
+    PoET batching scheduler is not replaced (and its queued work not failed) job after job."""
+    from plmserve.cluster.prompt_cache import ObjectStorePoetResources
+    from plmserve.models.registry import ModelManager
+    from plmserve.settings import Settings
+    from tests.conftest import shared_path
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "poet.ckpt").symlink_to(shared_path("fixtures", "poet", "model.ckpt"))
+    settings = Settings(data_dir=tmp_path, model_dir=model_dir, device="cpu", dtype="float32")
+    res = ObjectStorePoetResources(settings, ModelManager(settings))
+    try:
+        first, second = res.engine(), res.engine()
+        assert first is second
+        assert first is not res.models.get("poet", family="poet")  # a view whose embed uses the cluster cache
+        assert res.scheduler(first) is res.scheduler(second)
+    finally:
+        res.close()

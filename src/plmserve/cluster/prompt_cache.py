@@ -335,9 +335,16 @@ class ObjectStorePoetResources(PoetResources):
     prompts through :class:`ObjectStorePromptCache`."""
 
     prompt_cache: ObjectStorePromptCache = field(default_factory=ObjectStorePromptCache)
+    _view: tuple[Any, Any] | None = field(default=None, init=False, repr=False)  # (engine, its wrapped view)
 
     def engine(self):
-        return self.prompt_cache.wrap(super().engine())
+        """The wrapped view of the loaded PoET engine: the same object for every job while that
+        engine stays loaded, so the engine keeps one batching scheduler (a new view per job would
+        replace the scheduler, failing the queued work of a job still running)."""
+        base = super().engine()
+        if self._view is None or self._view[0] is not base:
+            self._view = (base, self.prompt_cache.wrap(base))
+        return self._view[1]
 
 
 __all__ = ["ObjectStorePoetResources", "ObjectStorePromptCache", "PromptCacheDirectory", "cache_from_payload",
