@@ -4,6 +4,9 @@
   ``PLMSERVE_TEST_POSTGRES_URL`` (dropped afterwards), so tests never share state.
 - :class:`LiveServer`: a real uvicorn server on 127.0.0.1 in a background thread; ``stop()`` and
   ``start()`` again with a new app simulate a server restart.
+- :func:`make_app`: ``create_app(settings)`` with job-service users added and engines installed.
+- :func:`run_sdk_script`: run a client script in an official SDK's own python and read the JSON
+  line it prints last.
 - :class:`FakePoetEngine`: a deterministic stand-in for the PoET engine's interface
   (``score``/``single_site``/``generate``) for wire-format tests of the API layer; the
   end-to-end tests use the real engine with the fixture checkpoint.
@@ -12,12 +15,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -47,9 +53,45 @@ def fresh_postgres_url() -> Iterator[str]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+USERS = {"alice": "alice-password", "bob": "bob-password"}
+
+
+def add_users(database_url: str, users: Mapping[str, str] = USERS) -> None:
+    """Add job-service ``users`` (name -> password) to the database at ``database_url``."""
+    from plmserve.jobs.store import JobStore
+
+    store = JobStore(database_url)
+    for name, password in users.items():
+        store.add_user(name, password)
+    store.close()
+
+
+def make_app(settings, models: Mapping[str, Any] | None = None, users: Mapping[str, str] = USERS):
+    """``create_app(settings)`` after adding ``users`` to its database, with ``models``
+    (slug -> engine, e.g. ``{"poet": FakePoetEngine()}``) installed in its model manager."""
+    from plmserve.api.app import create_app
+
+    add_users(settings.resolved_database_url(), users)
+    app = create_app(settings)
+    for slug, engine in (models or {}).items():
+        app.state.models.put(slug, engine)
+    return app
+
+
+def run_sdk_script(python: str, script: str | Path, *args: str, env: Mapping[str, str] | None = None,
+                   timeout: float = 300, cwd: str | Path | None = None) -> Any:
+    """Run ``python script *args`` (an official SDK's interpreter), assert it exits 0 (failing with
+    the tail of its stderr) and return the JSON value of the last line it printed."""
+    proc = subprocess.run([python, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=None if env is None else dict(env), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 class LiveServer:
