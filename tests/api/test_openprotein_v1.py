@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from plmserve.api.app import create_app
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
+from tests.client.support import make_app
 from tests.conftest import shared_path
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
@@ -42,12 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture
 def server(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", engine())
+    app = make_app(settings, {"poet": engine()})
     with TestClient(app) as client:
         yield client
 
@@ -461,10 +455,7 @@ def test_esm2_embed_and_logits_via_embeddings(tmp_path):
     make_tiny_esm2_dir(tmp_path / "models", slug="esm2-8m")
     settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], model_dir=tmp_path / "models",
                         device="cpu", dtype="float32", offline=True)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
+    app = make_app(settings, users={"alice": "alice-password"})
     with TestClient(app) as client:
         alice = login(client, "alice")
         models = {m["model_id"]: m for m in client.get(f"{API}/embeddings/models", params={"verbose": True},

@@ -43,11 +43,9 @@ def test_no_keys_refused_with_explanation(fake_uvicorn):
 
 
 def test_job_service_users_are_enough_without_api_keys(fake_uvicorn, tmp_path):
-    from plmserve.jobs.store import JobStore
+    from tests.client.support import add_users
 
-    store = JobStore(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}")
-    store.add_user("alice", "alice-password")
-    store.close()
+    add_users(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}", {"alice": "alice-password"})
     r = runner.invoke(app, ["serve"])
     assert r.exit_code == 0, r.output
     assert fake_uvicorn and fake_uvicorn[0][0].state.settings.api_keys == []

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import plmserve.client as pc
-from plmserve.api.app import create_app
 from plmserve.client.v1 import (
     EmbeddingsResultFuture,
     GenerateFuture,
@@ -19,9 +18,8 @@ from plmserve.client.v1 import (
     ScoreFuture,
     SingleSiteFuture,
 )
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, make_app
 from tests.conftest import shared_path
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
@@ -40,12 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture
 def session(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", engine())
+    app = make_app(settings, {"poet": engine()})
     with LiveServer(app) as srv:
         s = pc.connect(srv.url, "alice", "alice-password", poll_interval=0.05)
         s.url = srv.url

@@ -26,9 +26,8 @@ import pytest
 import plmserve.client as pc
 from plmserve.api.app import create_app
 from plmserve.bio.msa import read_msa
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, add_users
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.slow
@@ -93,10 +92,7 @@ def reference_engine():
 def run_flow(tmp_path, database_url, search_db, blat, jacquier, *, single_site_len=None):
     db_path, planted = search_db
     app, settings = make_app(tmp_path, database_url, db_path)
-    store = JobStore(settings.resolved_database_url())
-    for name, pw in PW.items():
-        store.add_user(name, pw)
-    store.close()
+    add_users(settings.resolved_database_url(), PW)
     wt = blat.query
     scan = wt if single_site_len is None else wt[:single_site_len]
     seen = {}
