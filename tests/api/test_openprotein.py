@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plmserve.settings import Settings
-from tests.client.support import FakePoetEngine, make_app
+from tests.client.support import FakePoetEngine, make_app, wait_job
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 PROMPT_FILE = b">a\nMKTAYIAKQR\n>b\nMKTAYAKQR\n<END_PROMPT>\nMRTAYIAKQK\n"
@@ -50,16 +50,6 @@ def alice(server):
 @pytest.fixture
 def bob(server):
     return login(server, "bob")
-
-
-def wait_job(client, headers, job_id, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def rows(text):

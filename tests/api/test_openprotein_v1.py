@@ -12,7 +12,6 @@ import csv
 import functools
 import io
 import struct
-import time
 import uuid
 import zipfile
 
@@ -21,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plmserve.settings import Settings
-from tests.client.support import make_app
+from tests.client.support import make_app, wait_job
 from tests.conftest import shared_path
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
@@ -60,16 +59,6 @@ def alice(server):
 @pytest.fixture
 def bob(server):
     return login(server, "bob")
-
-
-def wait_job(client, headers, job_id, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"{API}/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def csv_rows(text):

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plmserve.settings import Settings
-from tests.client.support import make_app
+from tests.client.support import make_app, wait_job
 from tests.models.esmc._fixture import close, engine, expected, fixture_path, inputs
 
 API = "/api/v1"
@@ -41,14 +41,9 @@ def run_job(client, route, body) -> dict:
     r = client.post(f"{API}/embeddings/models/esmc-300m/{route}", json=body)
     assert r.status_code == 200, r.text
     job = r.json()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = client.get(f"{API}/jobs/{job['job_id']}").json()
-        if status["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            assert status["status"] == "SUCCESS", status
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job['job_id']} did not finish")
+    status = wait_job(client, None, job["job_id"])
+    assert status["status"] == "SUCCESS", status
+    return job
 
 
 def npy(client, job, seq) -> np.ndarray:

@@ -84,6 +84,19 @@ def make_app(settings, models: Mapping[str, Any] | None = None, users: Mapping[s
     return app
 
 
+def wait_job(client, headers: Mapping[str, str] | None, job_id: str, timeout: float = 60.0,
+             api: str = "/api/v1") -> dict:
+    """Poll ``GET {api}/jobs/{job_id}`` with ``client`` (a ``TestClient`` or ``httpx.Client``) until the
+    job is SUCCESS, FAILURE or CANCELED and return its JSON; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"{api}/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
 def run_sdk_script(python: str, script: str | Path, *args: str, env: Mapping[str, str] | None = None,
                    timeout: float = 300, cwd: str | Path | None = None) -> Any:
     """Run ``python script *args`` (an official SDK's interpreter), assert it exits 0 (failing with
