@@ -104,6 +104,7 @@ class ESM2Engine(MaskedLMEngineBase):
     _validate_sequences = staticmethod(validate_sequences)
     _split_tokens = staticmethod(split_tokens)
     _mask_token = MASK_TOKEN
+    _mask_id = MASK_ID
 
     def __init__(
         self,
@@ -493,59 +494,14 @@ class ESM2Engine(MaskedLMEngineBase):
     # ---------------------------------------------------------------- log-likelihoods
     # (predict, log_prob, masked_log_probs, score_mutants: MaskedLMEngineBase)
 
-    def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
-        """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model,
-        and return ``log_softmax`` over the full vocabulary at them, float64 ``[len(positions), 33]``."""
-        out: list[np.ndarray | None] = [None] * len(jobs)
-
-        def work():
-            for batch in _token_batches([len(r) for r, _ in jobs], self.toks_per_batch):
-                masked = []
-                for i in batch:
-                    r = jobs[i][0].copy()
-                    r[list(jobs[i][1])] = MASK_ID
-                    masked.append(r)
-                res = self._forward(masked, logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for b, i in enumerate(batch):
-                    pos = torch.as_tensor([p + 1 for p in jobs[i][1]], device=lp.device, dtype=torch.long)
-                    out[i] = lp[b, pos].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
+    def _residue_logits(self, rows: list[np.ndarray]) -> torch.Tensor:
+        return self._forward(rows, logits=True)["logits"]
 
     def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
         """BioLM's ``log_prob`` of one sequence (matches ``biolm_expected.json``): log-softmax of the
         ``[L, 20]`` logits (float32, then float64), summed at the standard residues ``keep``."""
         lp = torch.log_softmax(torch.from_numpy(logits), dim=-1).double().numpy()
         return float(lp[keep, residues[keep] - STANDARD_SLICE.start].sum())
-
-    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``log_softmax`` over the full vocabulary at every residue position of unmasked sequences
-        (the wild-type pass of ``wt_marginals``; batched by length, padding masked).
-
-        Args:
-            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
-
-        Returns:
-            Per row, float64 ``[L_i, 33]`` (column = token id), rows in input order.
-        """
-        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
-        out: list[np.ndarray | None] = [None] * len(rows)
-
-        def work():
-            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
-                res = self._forward([rows[i] for i in batch], logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for b, i in enumerate(batch):
-                    out[i] = lp[b, 1 : len(rows[i]) + 1].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
-                f"load_format={self.load_format!r}, device={self.device}, dtype={self.dtype})")  # fmt: skip
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
