@@ -50,6 +50,18 @@ def resolve_device_dtype(device: str | torch.device | None = "auto", dtype: str 
     return device, dtype
 
 
+def engine_kwargs(spec: Any, settings: Any) -> dict[str, Any]:
+    """An engine constructor's keyword arguments for the registry entry ``spec`` (its ``slug``)
+    from ``settings`` (``device``, ``dtype``, ``toks_per_batch``; ``auto``/``auto``/4096 when a
+    field is absent)."""
+    return {
+        "device": getattr(settings, "device", "auto"),
+        "dtype": getattr(settings, "dtype", "auto"),
+        "toks_per_batch": getattr(settings, "toks_per_batch", 4096),
+        "slug": spec.slug,
+    }
+
+
 def token_batches(lengths: Sequence[int], toks_per_batch: int, *, square_budget: int | None = None) -> list[list[int]]:
     """Indices grouped into batches: sorted by length (longest first), each batch's padded token
     count ``n_seqs x max(T)`` (T = L + 2, BOS/EOS) within ``toks_per_batch`` (a single longer
