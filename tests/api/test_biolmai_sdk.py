@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from plmserve.api.app import create_app
 from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
-from tests.client.support import LiveServer, run_sdk_script
+from tests.client.support import LiveServer, install_esm2_fixture, install_esmc_fixture, run_sdk_script
 from tests.conftest import shared_path
 
 SDK_PYTHON = os.environ.get("PLMSERVE_BIOLMAI_SDK_PYTHON", "/tmp/plmserve-sdk/biolmai/bin/python")
@@ -92,13 +91,8 @@ def test_biolmai_client_encode_predict_log_prob(tmp_path):
         pytest.skip(f"biolmai 0.4.0 not installed at {SDK_PYTHON} (set PLMSERVE_BIOLMAI_SDK_PYTHON)")
     models = tmp_path / "models"
     models.mkdir()
-    src = shared_path("fixtures", "esm2")
-    shutil.copy(src / "esm2_tiny.pt", models / "esm2_t6_8M_UR50D.pt")
-    shutil.copy(src / "esm2_tiny-contact-regression.pt", models / "esm2_t6_8M_UR50D-contact-regression.pt")
-    w = models / "esmc-300m" / "data" / "weights"
-    w.mkdir(parents=True)
-    shutil.copy(shared_path("fixtures", "esmc", "model.pth"), w / "esmc_300m_2024_12_v0.pth")
-    (w / "config.json").write_text(json.dumps({"n_heads": 4}))
+    install_esm2_fixture(models)
+    install_esmc_fixture(models, "300m")
     settings = Settings(api_keys=["test-key"], model_dir=models, device="cpu", data_dir=tmp_path / "data")
     manager = ModelManager(settings)
     app = WireLog(create_app(settings, manager))

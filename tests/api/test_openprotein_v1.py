@@ -9,7 +9,6 @@ against the engine called directly with the same prompt.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import struct
 import uuid
@@ -20,18 +19,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plmserve.settings import Settings
-from tests.client.support import make_app, wait_job
-from tests.conftest import shared_path
+from tests.client.support import make_app, poet_fixture_engine, wait_job
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 API = "/api/v1"
 
 
-@functools.lru_cache(maxsize=1)
-def engine():
-    from plmserve.models.poet.engine import PoET
-
-    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+engine = poet_fixture_engine  # the real engine of the fixture checkpoint, loaded once
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

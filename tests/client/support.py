@@ -7,6 +7,9 @@
 - :func:`make_app`: ``create_app(settings)`` with job-service users added and engines installed.
 - :func:`run_sdk_script`: run a client script in an official SDK's own python and read the JSON
   line it prints last.
+- :func:`poet_fixture_engine`: the real PoET engine of the fixture checkpoint (cached);
+  :func:`install_esm2_fixture` / :func:`install_esmc_fixture`: the tiny ESM-2 / ESM C fixtures
+  copied into a model folder where the server finds them (as ``esm2-8m`` / ``esmc-<size>``).
 - :class:`FakePoetEngine`: a deterministic stand-in for the PoET engine's interface
   (``score``/``single_site``/``generate``) for wire-format tests of the API layer; the
   end-to-end tests use the real engine with the fixture checkpoint.
@@ -15,9 +18,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
+import shutil
 import subprocess
 import threading
 import time
@@ -142,6 +147,36 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@functools.lru_cache(maxsize=1)
+def poet_fixture_engine():
+    """The PoET engine of the fixture checkpoint (CPU, float32), loaded once per test process."""
+    from plmserve.models.poet.engine import PoET
+    from tests.conftest import shared_path
+
+    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+
+
+def install_esm2_fixture(model_dir: Path) -> None:
+    """Copy the tiny fair-esm ESM-2 fixture (and its contact regression) into ``model_dir`` under
+    the file names of ``esm2_t6_8M_UR50D``, so the server serves it as ``esm2-8m``."""
+    from tests.conftest import shared_path
+
+    src = shared_path("fixtures", "esm2")
+    shutil.copy(src / "esm2_tiny.pt", model_dir / "esm2_t6_8M_UR50D.pt")
+    shutil.copy(src / "esm2_tiny-contact-regression.pt", model_dir / "esm2_t6_8M_UR50D-contact-regression.pt")
+
+
+def install_esmc_fixture(model_dir: Path, size: str = "300m") -> None:
+    """Copy the tiny official-layout ESM C fixture into ``model_dir/esmc-<size>/data/weights/``
+    (the official snapshot layout, with a ``config.json`` giving its 4 heads)."""
+    from tests.conftest import shared_path
+
+    w = model_dir / f"esmc-{size}" / "data" / "weights"
+    w.mkdir(parents=True)
+    shutil.copy(shared_path("fixtures", "esmc", "model.pth"), w / f"esmc_{size}_2024_12_v0.pth")
+    (w / "config.json").write_text(json.dumps({"n_heads": 4}))
 
 
 class FakePoetEngine:

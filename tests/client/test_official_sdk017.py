@@ -31,7 +31,7 @@ import pytest
 
 from plmserve.bio.msa import read_msa
 from plmserve.settings import Settings
-from tests.client.support import LiveServer, make_app, run_sdk_script
+from tests.client.support import LiveServer, make_app, poet_fixture_engine, run_sdk_script
 from tests.conftest import shared_path
 
 SDK_PYTHON = os.environ.get("PLMSERVE_OPENPROTEIN017_SDK_PYTHON")
@@ -112,9 +112,7 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert str(uuid.UUID(out["query"]["id"], version=4)) == out["query"]["id"]
 
     # scores equal the engine's under the same 3 replicates
-    from plmserve.models.poet.engine import PoET
-
-    engine = PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+    engine = poet_fixture_engine()
     reps = [[seq for _, seq in rep] for rep in out["prompt"]]
     assert out["score_type"] == "/poet/score"
     assert [r[1] for r in out["score"]] == [seq for _, seq in given["variants"]]

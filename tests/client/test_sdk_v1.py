@@ -3,7 +3,6 @@ session.embedding.poet, session.load_job) against a real server with the PoET fi
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import pytest
@@ -19,17 +18,12 @@ from plmserve.client.v1 import (
     SingleSiteFuture,
 )
 from plmserve.settings import Settings
-from tests.client.support import LiveServer, make_app
-from tests.conftest import shared_path
+from tests.client.support import LiveServer, make_app, poet_fixture_engine
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 
 
-@functools.lru_cache(maxsize=1)
-def engine():
-    from plmserve.models.poet.engine import PoET
-
-    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+engine = poet_fixture_engine  # the real engine of the fixture checkpoint, loaded once
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
