@@ -16,6 +16,7 @@ Each engine keeps its own forward pass, ``encode`` and layer convention.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, Mapping
@@ -145,6 +146,25 @@ class MaskedLMEngineBase:
     _mask_token: str = "<mask>"
 
     # ---------------------------------------------------------------- threading
+
+    def _init_model(self, model: torch.nn.Module, *, slug: str, load_format: str, source: str | None,
+                    device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
+        """Set :attr:`device` / :attr:`dtype` (:func:`resolve_device_dtype`; a WARNING for half
+        precision on CPU), :attr:`model` (moved there, eval mode), :attr:`slug`, :attr:`load_format`,
+        :attr:`source` and, from ``model.config``, :attr:`num_layers`, :attr:`embed_dim` and
+        :attr:`attention_heads`."""
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            logging.getLogger(type(self).__module__).warning(
+                "half precision on CPU is slow and imprecise; consider dtype=float32")
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        cfg = model.config
+        self.slug = slug
+        self.num_layers: int = int(cfg.num_hidden_layers)
+        self.embed_dim: int = int(cfg.hidden_size)
+        self.attention_heads: int = int(cfg.num_attention_heads)
+        self.load_format = load_format
+        self.source = source
 
     def _init_slots(self) -> None:
         """Up to :data:`CONCURRENT_PASSES` forward passes at once (the forward keeps no shared

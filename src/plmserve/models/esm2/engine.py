@@ -121,18 +121,8 @@ class ESM2Engine(MaskedLMEngineBase):
         _register_attention()
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
             model.config._attn_implementation = ATTN_IMPLEMENTATION
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            logger.warning("half precision on CPU is slow and imprecise; consider dtype=float32")
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        cfg = model.config
-        self.slug = slug
-        self.num_layers: int = int(cfg.num_hidden_layers)
-        self.embed_dim: int = int(cfg.hidden_size)
-        self.attention_heads: int = int(cfg.num_attention_heads)
-        self.max_residues: int = int(min(cfg.max_position_embeddings, MAX_POSITIONS)) - 2
-        self.load_format = load_format
-        self.source = source
+        self._init_model(model, slug=slug, load_format=load_format, source=source, device=device, dtype=dtype)
+        self.max_residues: int = int(min(model.config.max_position_embeddings, MAX_POSITIONS)) - 2
         self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
         self.has_contact_head = has_contact_head
         self._init_slots()  # two forward passes at once (the hook state is thread-local)

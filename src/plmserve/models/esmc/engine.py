@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from plmserve.errors import InvalidParameterError, ModelLoadError
-from plmserve.models.engine_common import MaskedLMEngineBase, resolve_device_dtype, resolve_layer_numbers
+from plmserve.models.engine_common import MaskedLMEngineBase, resolve_layer_numbers
 from plmserve.models.engine_common import token_batches as _token_batches
 
 from .alphabet import (
@@ -122,23 +122,14 @@ class ESMCEngine(MaskedLMEngineBase):
     def __init__(self, model, *, slug: str = "esmc", load_format: str = "hf-dir", source: str | None = None,
                  device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                  toks_per_batch: int = 4096):
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            logger.warning("half precision on CPU is slow and imprecise; consider dtype=float32")
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self._init_model(model, slug=slug, load_format=load_format, source=source, device=device, dtype=dtype)
         cfg = model.config
-        self.slug = slug
-        self.num_layers: int = int(cfg.num_hidden_layers)
-        self.embed_dim: int = int(cfg.hidden_size)
-        self.attention_heads: int = int(cfg.num_attention_heads)
         self.head_dim: int = int(getattr(cfg, "head_dim", None) or self.embed_dim // self.attention_heads)
         if int(getattr(cfg, "num_key_value_heads", self.attention_heads)) != self.attention_heads:
             raise ModelLoadError("ESM C checkpoints have as many key/value heads as attention heads")
         if self.head_dim * self.attention_heads != self.embed_dim:
             raise ModelLoadError(f"head_dim {self.head_dim} x {self.attention_heads} heads != width {self.embed_dim}")
         self.max_residues = MAX_POSITIONS - 2
-        self.load_format = load_format
-        self.source = source
         self.toks_per_batch = max(int(toks_per_batch), 1024)
         self.residual_scale = math.sqrt(self.num_layers / 36)
         self._inv_scale = 1.0 / self.residual_scale
