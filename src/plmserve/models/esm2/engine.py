@@ -169,20 +169,16 @@ class ESM2Engine(MaskedLMEngineBase):
         """
         from pathlib import Path
 
-        from .weights import fair_esm_to_hf, load_fair_esm_checkpoint, regression_path_for
+        from .weights import read_fair_esm, regression_path_for
 
         pt_path = Path(pt_path)
-        if not pt_path.is_file():
-            raise FileNotFoundError(2, "No such file", str(pt_path))
-        model_data = load_fair_esm_checkpoint(pt_path)
-        reg = regression_path_for(pt_path)
-        reg_data = load_fair_esm_checkpoint(reg) if reg.is_file() else None
-        if reg_data is None:
-            logger.warning("%s not found: contacts are unavailable for %s", reg.name, pt_path.name)
-        config, state = fair_esm_to_hf(model_data, reg_data)
+        config, state, has_regression = read_fair_esm(pt_path)
+        if not has_regression:
+            logger.warning("%s not found: contacts are unavailable for %s", regression_path_for(pt_path).name,
+                           pt_path.name)
         model = build_hf_model(config, state)
         return cls(model, slug=slug or pt_path.stem, load_format="fair-esm", source=str(pt_path),
-                   has_contact_head=reg_data is not None, **kw)  # fmt: skip
+                   has_contact_head=has_regression, **kw)  # fmt: skip
 
     @classmethod
     def dummy(cls, spec_or_config: Any, seed: int = 0, **kw) -> "ESM2Engine":
