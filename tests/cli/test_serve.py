@@ -7,6 +7,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from plmserve.cli import app
+from tests.cli._support import one_line_error as _one_line_error
 
 runner = CliRunner()
 
@@ -20,14 +21,6 @@ def fake_uvicorn(monkeypatch, tmp_path):
     for var in ("PLMSERVE_API_KEYS", "PLMSERVE_NO_AUTH", "PLMSERVE_HOST", "PLMSERVE_PORT", "PLMSERVE_LOAD_FORMAT"):
         monkeypatch.delenv(var, raising=False)
     return calls
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_no_auth_refused_on_public_host(fake_uvicorn):
