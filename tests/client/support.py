@@ -21,8 +21,8 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import threading
 import time

@@ -3,7 +3,6 @@ session.embedding.poet, session.load_job) against a real server with the PoET fi
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
