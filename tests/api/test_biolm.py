@@ -9,7 +9,6 @@ tolerances.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from fastapi.testclient import TestClient
 from plmserve.api.app import create_app
 from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
+from tests.client.support import install_esm2_fixture
 from tests.conftest import shared_path
 
 KEY = "test-key"
@@ -28,9 +28,7 @@ ALPHABET = list("LAGVSERTIDPKQNFYMHWC")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    src = shared_path("fixtures", "esm2")
-    shutil.copy(src / "esm2_tiny.pt", d / "esm2_t6_8M_UR50D.pt")
-    shutil.copy(src / "esm2_tiny-contact-regression.pt", d / "esm2_t6_8M_UR50D-contact-regression.pt")
+    install_esm2_fixture(d)
     # a corrupt HF folder for esm2-35m: found, but cannot be loaded -> 503
     bad = d / "esm2-35m"
     bad.mkdir()

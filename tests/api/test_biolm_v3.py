@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from plmserve.api.app import create_app
 from plmserve.models.esmc.alphabet import CANONICAL_IDS, tokenize
 from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
+from tests.client.support import install_esm2_fixture, install_esmc_fixture
 from tests.conftest import shared_path
 from tests.models.esmc._fixture import expected as esmc_expected
 from tests.models.esmc._fixture import inputs as esmc_inputs
@@ -36,14 +36,9 @@ LIMIT = 300_000
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    src = shared_path("fixtures", "esm2")
-    shutil.copy(src / "esm2_tiny.pt", d / "esm2_t6_8M_UR50D.pt")
-    shutil.copy(src / "esm2_tiny-contact-regression.pt", d / "esm2_t6_8M_UR50D-contact-regression.pt")
+    install_esm2_fixture(d)
     for size in ("300m", "600m"):  # the official snapshot layout: <slug>/data/weights/<file>
-        w = d / f"esmc-{size}" / "data" / "weights"
-        w.mkdir(parents=True)
-        shutil.copy(shared_path("fixtures", "esmc", "model.pth"), w / f"esmc_{size}_2024_12_v0.pth")
-        (w / "config.json").write_text(json.dumps({"n_heads": 4}))
+        install_esmc_fixture(d, size)
     return d
 
 

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +24,7 @@ import pytest
 from plmserve.api.app import create_app
 from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
+from tests.client.support import LiveServer, install_esm2_fixture, install_esmc_fixture, run_sdk_script
 from tests.conftest import shared_path
 
 SDK_PYTHON = os.environ.get("PLMSERVE_BIOLMAI_SDK_PYTHON", "/tmp/plmserve-sdk/biolmai/bin/python")
@@ -58,12 +55,6 @@ def _sdk_available() -> bool:
     env = dict(os.environ, BIOLMAI_THREADS="4")
     return subprocess.run([SDK_PYTHON, "-c", "import biolmai"], capture_output=True, env=env,
                           timeout=120).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def blat_homologs(n: int) -> list[str]:
@@ -98,17 +89,10 @@ class WireLog:
 def test_biolmai_client_encode_predict_log_prob(tmp_path):
     if not _sdk_available():
         pytest.skip(f"biolmai 0.4.0 not installed at {SDK_PYTHON} (set PLMSERVE_BIOLMAI_SDK_PYTHON)")
-    import uvicorn
-
     models = tmp_path / "models"
     models.mkdir()
-    src = shared_path("fixtures", "esm2")
-    shutil.copy(src / "esm2_tiny.pt", models / "esm2_t6_8M_UR50D.pt")
-    shutil.copy(src / "esm2_tiny-contact-regression.pt", models / "esm2_t6_8M_UR50D-contact-regression.pt")
-    w = models / "esmc-300m" / "data" / "weights"
-    w.mkdir(parents=True)
-    shutil.copy(shared_path("fixtures", "esmc", "model.pth"), w / "esmc_300m_2024_12_v0.pth")
-    (w / "config.json").write_text(json.dumps({"n_heads": 4}))
+    install_esm2_fixture(models)
+    install_esmc_fixture(models, "300m")
     settings = Settings(api_keys=["test-key"], model_dir=models, device="cpu", data_dir=tmp_path / "data")
     manager = ModelManager(settings)
     app = WireLog(create_app(settings, manager))
@@ -121,27 +105,12 @@ def test_biolmai_client_encode_predict_log_prob(tmp_path):
     data = tmp_path / "inputs.json"
     data.write_text(json.dumps({"tem1": tem1, "batch": batch, "masked": masked}))
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
-        script = tmp_path / "client.py"
-        script.write_text(CLIENT)
-        env = dict(os.environ, BIOLMAI_BASE_API_URL=f"http://127.0.0.1:{port}/api/v3", BIOLMAI_THREADS="4")
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    with LiveServer(app) as srv:
+        env = dict(os.environ, BIOLMAI_BASE_API_URL=f"{srv.url}/api/v3", BIOLMAI_THREADS="4")
         env.pop("BIOLMAI_TOKEN", None)
-        proc = subprocess.run([SDK_PYTHON, str(script), str(data)], capture_output=True, text=True,
-                              timeout=600, env=env, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        got = run_sdk_script(SDK_PYTHON, script, data, env=env, timeout=600, cwd=tmp_path)
 
     # the client's wire behaviour: schema discovery, one request per batch of 8, gzip bodies
     seen = app.seen

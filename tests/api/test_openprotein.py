@@ -15,10 +15,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from plmserve.api.app import create_app
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import FakePoetEngine
+from tests.client.support import FakePoetEngine, make_app, wait_job
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 PROMPT_FILE = b">a\nMKTAYIAKQR\n>b\nMKTAYAKQR\n<END_PROMPT>\nMRTAYIAKQK\n"
@@ -31,12 +29,7 @@ def fake_score(prompt_len: int, seq: str) -> float:
 @pytest.fixture
 def server(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key", "admin-key-2"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", FakePoetEngine())
+    app = make_app(settings, {"poet": FakePoetEngine()})
     with TestClient(app) as client:
         yield client
 
@@ -57,16 +50,6 @@ def alice(server):
 @pytest.fixture
 def bob(server):
     return login(server, "bob")
-
-
-def wait_job(client, headers, job_id, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def rows(text):

@@ -9,10 +9,8 @@ against the engine called directly with the same prompt.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import struct
-import time
 import uuid
 import zipfile
 
@@ -20,20 +18,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from plmserve.api.app import create_app
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.conftest import shared_path
+from tests.client.support import make_app, poet_fixture_engine, wait_job
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 API = "/api/v1"
 
 
-@functools.lru_cache(maxsize=1)
-def engine():
-    from plmserve.models.poet.engine import PoET
-
-    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+engine = poet_fixture_engine  # the real engine of the fixture checkpoint, loaded once
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -42,12 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture
 def server(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", engine())
+    app = make_app(settings, {"poet": engine()})
     with TestClient(app) as client:
         yield client
 
@@ -66,16 +53,6 @@ def alice(server):
 @pytest.fixture
 def bob(server):
     return login(server, "bob")
-
-
-def wait_job(client, headers, job_id, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"{API}/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def csv_rows(text):
@@ -461,10 +438,7 @@ def test_esm2_embed_and_logits_via_embeddings(tmp_path):
     make_tiny_esm2_dir(tmp_path / "models", slug="esm2-8m")
     settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], model_dir=tmp_path / "models",
                         device="cpu", dtype="float32", offline=True)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
+    app = make_app(settings, users={"alice": "alice-password"})
     with TestClient(app) as client:
         alice = login(client, "alice")
         models = {m["model_id"]: m for m in client.get(f"{API}/embeddings/models", params={"verbose": True},

@@ -12,19 +12,14 @@ from fastapi.testclient import TestClient
 
 import plmserve.jobs.store as store_mod
 from plmserve.api.access_log import RedactCredentials, redact
-from plmserve.api.app import create_app
 from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, add_users, make_app
 
 
 @pytest.fixture
 def app(tmp_path):
-    settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    return create_app(settings)
+    return make_app(Settings(data_dir=tmp_path, api_keys=["admin-key"]), users={"alice": "alice-password"})
 
 
 @pytest.fixture
@@ -164,45 +159,23 @@ def test_no_credential_reaches_the_uvicorn_access_log(app):
 def test_plmserve_serve_log_has_no_credentials(tmp_path):
     """The real ``plmserve serve`` process (its own uvicorn logging configuration): every login
     route is called with a real password; the server's whole output is then searched for it."""
-    import os
-    import subprocess
-    import sys
+    from tests.serving._live import LiveServer as ServeProcess
 
-    from tests.client.support import free_port
-
-    data = tmp_path / "data"
-    store = JobStore(f"sqlite:///{data}/plmserve.db")
-    store.add_user("carol", "carol-secret-pw")
-    store.close()
-    port = free_port()
-    env = dict(os.environ, PLMSERVE_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from plmserve.cli import main; main()", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--api-key", "admin-key"], stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            base = f"http://127.0.0.1:{port}/api/v1"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(log.read_text()) from None
-                    time.sleep(0.3)
-            creds = {"username": "carol", "password": "carol-secret-pw"}
-            assert httpx.post(f"{base}/login/user-access-token", params=creds, timeout=30).status_code == 200
-            assert httpx.post(f"{base}/login/access-token", params=creds, timeout=30).status_code == 200
-            r = httpx.post(f"{base}/auth/login", data=creds, timeout=30)
-            assert r.status_code == 200
-            assert httpx.post(f"{base}/auth/refresh", json={"refresh_token": r.json()["refresh_token"]},
-                              timeout=30).status_code == 200
-            assert httpx.post(f"{base}/auth/login", params=creds, data=creds, timeout=30).status_code == 200
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    add_users(f"sqlite:///{tmp_path}/data/plmserve.db", {"carol": "carol-secret-pw"})
+    srv = ServeProcess(tmp_path, "--api-key", "admin-key", env={"PYTHONUNBUFFERED": "1"}, load_format=None)
+    try:
+        base = f"{srv.base}/api/v1"
+        creds = {"username": "carol", "password": "carol-secret-pw"}
+        assert httpx.post(f"{base}/login/user-access-token", params=creds, timeout=30).status_code == 200
+        assert httpx.post(f"{base}/login/access-token", params=creds, timeout=30).status_code == 200
+        r = httpx.post(f"{base}/auth/login", data=creds, timeout=30)
+        assert r.status_code == 200
+        assert httpx.post(f"{base}/auth/refresh", json={"refresh_token": r.json()["refresh_token"]},
+                          timeout=30).status_code == 200
+        assert httpx.post(f"{base}/auth/login", params=creds, data=creds, timeout=30).status_code == 200
+    finally:
+        srv.stop(timeout=60)
+    log = srv.log
     text = log.read_text()
     assert "/api/v1/login/user-access-token?username=***&password=***" in text, text  # the access log is on
     assert "carol-secret-pw" not in text and "username=carol" not in text

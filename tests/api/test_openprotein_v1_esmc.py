@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from plmserve.api.app import create_app
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
+from tests.client.support import make_app, wait_job
 from tests.models.esmc._fixture import close, engine, expected, fixture_path, inputs
 
 API = "/api/v1"
@@ -30,10 +29,7 @@ def client(tmp_path):
     (tmp_path / "models" / "esmc-300m").symlink_to(fixture_path("hf"), target_is_directory=True)
     settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], model_dir=tmp_path / "models",
                         device="cpu", dtype="float32", offline=True)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
+    app = make_app(settings, users={"alice": "alice-password"})
     with TestClient(app) as c:
         r = c.post(f"{API}/auth/login", data={"username": "alice", "password": "alice-password"})
         assert r.status_code == 200, r.text
@@ -45,14 +41,9 @@ def run_job(client, route, body) -> dict:
     r = client.post(f"{API}/embeddings/models/esmc-300m/{route}", json=body)
     assert r.status_code == 200, r.text
     job = r.json()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = client.get(f"{API}/jobs/{job['job_id']}").json()
-        if status["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            assert status["status"] == "SUCCESS", status
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job['job_id']} did not finish")
+    status = wait_job(client, None, job["job_id"])
+    assert status["status"] == "SUCCESS", status
+    return job
 
 
 def npy(client, job, seq) -> np.ndarray:
@@ -125,11 +116,8 @@ def test_plmserve_client_embeds_with_esmc(tmp_path):
 
     settings = Settings(data_dir=tmp_path / "data", api_keys=["admin-key"], device="cpu", dtype="float32",
                         offline=True)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("esmc-300m", engine())  # the official-layout fixture, installed directly
+    # the official-layout fixture, installed directly
+    app = make_app(settings, {"esmc-300m": engine()}, users={"alice": "alice-password"})
     with LiveServer(app) as srv:
         session = pc.connect(srv.url, "alice", "alice-password", poll_interval=0.05)
         try:

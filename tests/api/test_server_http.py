@@ -3,17 +3,14 @@ HTTP with httpx using the seed's curl examples (with the 8M slug)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
 
-KEY = "http-test-key"
+from tests.serving._live import KEY, LiveServer
+
 # the seed's example sequences (BioLM ESM-2 docs), encode and predict
 SEED_ENCODE_SEQ = (
     "MAETAVINHKKRKNSPRIVQSNDLTEAAYSLSRDQKRMLYLFVDQIRKSDGTLQEHDGICEIHVAKYAEIFGLTSAEASKDIRQALKSFAGKEVVFYRPEED"
@@ -27,40 +24,13 @@ SEED_PREDICT_SEQ = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    env = {**os.environ, "PLMSERVE_API_KEYS": f'["{KEY}"]', "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-c", "from plmserve.cli import main; main()", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--load-format", "dummy", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+def server(tmp_path_factory):
+    srv = LiveServer(tmp_path_factory.mktemp("http"), "--log-level", "warning")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not start within 120 s")
-            time.sleep(0.3)
-        yield base
+        yield srv.base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
+        srv.stop(timeout=20)
 
 
 def test_seed_encode_curl_example(server):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from plmserve.cli import app
 from tests.api._esm2_tiny import EMBED_DIM, NUM_LAYERS, make_tiny_esm2_dir
+from tests.cli._support import one_line_error as _one_line_error
 
 runner = CliRunner()
 ALL = ("<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>").split()
@@ -61,14 +62,6 @@ def _reference(hf_model, seq):
 
 def _invoke(args, model_dir):
     return runner.invoke(app, [*args, "-m", "esm2-8m", "--model-dir", str(model_dir)])
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_encode_npz(fasta, tmp_path, model_dir, hf_model):

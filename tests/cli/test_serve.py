@@ -7,6 +7,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from plmserve.cli import app
+from tests.cli._support import one_line_error as _one_line_error
 
 runner = CliRunner()
 
@@ -22,14 +23,6 @@ def fake_uvicorn(monkeypatch, tmp_path):
     return calls
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def test_no_auth_refused_on_public_host(fake_uvicorn):
     line = _one_line_error(runner.invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0"]))
     assert "--no-auth" in line and "127.0.0.1" in line
@@ -43,11 +36,9 @@ def test_no_keys_refused_with_explanation(fake_uvicorn):
 
 
 def test_job_service_users_are_enough_without_api_keys(fake_uvicorn, tmp_path):
-    from plmserve.jobs.store import JobStore
+    from tests.client.support import add_users
 
-    store = JobStore(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}")
-    store.add_user("alice", "alice-password")
-    store.close()
+    add_users(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}", {"alice": "alice-password"})
     r = runner.invoke(app, ["serve"])
     assert r.exit_code == 0, r.output
     assert fake_uvicorn and fake_uvicorn[0][0].state.settings.api_keys == []

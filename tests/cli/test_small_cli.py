@@ -62,12 +62,9 @@ def fake_uvicorn(monkeypatch, tmp_path):
 
 
 def test_banner_counts_users_when_there_are_no_api_keys(fake_uvicorn, tmp_path):
-    from plmserve.jobs.store import JobStore
+    from tests.client.support import add_users
 
-    store = JobStore(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}")
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
+    add_users(f"sqlite:///{tmp_path / 'data' / 'plmserve.db'}")  # alice and bob
     r = runner.invoke(app, ["serve"])
     assert r.exit_code == 0, r.output
     assert "auth: 0 API key(s), 2 job-service user(s)" in r.output
@@ -107,11 +104,9 @@ def test_doctor_reports_weights_database_and_backends(tmp_path, monkeypatch):
     models.mkdir()
     shutil.copy(shared_path("fixtures", "poet", "model.ckpt"), models / "poet.ckpt")
     data = tmp_path / "data"
-    from plmserve.jobs.store import JobStore
+    from tests.client.support import add_users
 
-    store = JobStore(f"sqlite:///{data / 'plmserve.db'}")
-    store.add_user("alice", "alice-password")
-    store.close()
+    add_users(f"sqlite:///{data / 'plmserve.db'}", {"alice": "alice-password"})
     monkeypatch.setenv("PLMSERVE_DATA_DIR", str(data))
     monkeypatch.delenv("PLMSERVE_DATABASE_URL", raising=False)
     monkeypatch.delenv("PLMSERVE_MSA_DATABASE", raising=False)

@@ -4,6 +4,12 @@
   ``PLMSERVE_TEST_POSTGRES_URL`` (dropped afterwards), so tests never share state.
 - :class:`LiveServer`: a real uvicorn server on 127.0.0.1 in a background thread; ``stop()`` and
   ``start()`` again with a new app simulate a server restart.
+- :func:`make_app`: ``create_app(settings)`` with job-service users added and engines installed.
+- :func:`run_sdk_script`: run a client script in an official SDK's own python and read the JSON
+  line it prints last.
+- :func:`poet_fixture_engine`: the real PoET engine of the fixture checkpoint (cached);
+  :func:`install_esm2_fixture` / :func:`install_esmc_fixture`: the tiny ESM-2 / ESM C fixtures
+  copied into a model folder where the server finds them (as ``esm2-8m`` / ``esmc-<size>``).
 - :class:`FakePoetEngine`: a deterministic stand-in for the PoET engine's interface
   (``score``/``single_site``/``generate``) for wire-format tests of the API layer; the
   end-to-end tests use the real engine with the fixture checkpoint.
@@ -12,12 +18,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -47,9 +58,58 @@ def fresh_postgres_url() -> Iterator[str]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+USERS = {"alice": "alice-password", "bob": "bob-password"}
+
+
+def add_users(database_url: str, users: Mapping[str, str] = USERS) -> None:
+    """Add job-service ``users`` (name -> password) to the database at ``database_url``."""
+    from plmserve.jobs.store import JobStore
+
+    store = JobStore(database_url)
+    for name, password in users.items():
+        store.add_user(name, password)
+    store.close()
+
+
+def make_app(settings, models: Mapping[str, Any] | None = None, users: Mapping[str, str] = USERS):
+    """``create_app(settings)`` after adding ``users`` to its database, with ``models``
+    (slug -> engine, e.g. ``{"poet": FakePoetEngine()}``) installed in its model manager."""
+    from plmserve.api.app import create_app
+
+    add_users(settings.resolved_database_url(), users)
+    app = create_app(settings)
+    for slug, engine in (models or {}).items():
+        app.state.models.put(slug, engine)
+    return app
+
+
+def wait_job(client, headers: Mapping[str, str] | None, job_id: str, timeout: float = 60.0,
+             api: str = "/api/v1") -> dict:
+    """Poll ``GET {api}/jobs/{job_id}`` with ``client`` (a ``TestClient`` or ``httpx.Client``) until the
+    job is SUCCESS, FAILURE or CANCELED and return its JSON; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"{api}/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def run_sdk_script(python: str, script: str | Path, *args: str, env: Mapping[str, str] | None = None,
+                   timeout: float = 300, cwd: str | Path | None = None) -> Any:
+    """Run ``python script *args`` (an official SDK's interpreter), assert it exits 0 (failing with
+    the tail of its stderr) and return the JSON value of the last line it printed."""
+    proc = subprocess.run([python, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=None if env is None else dict(env), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 class LiveServer:
@@ -87,6 +147,36 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@functools.lru_cache(maxsize=1)
+def poet_fixture_engine():
+    """The PoET engine of the fixture checkpoint (CPU, float32), loaded once per test process."""
+    from plmserve.models.poet.engine import PoET
+    from tests.conftest import shared_path
+
+    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+
+
+def install_esm2_fixture(model_dir: Path) -> None:
+    """Copy the tiny fair-esm ESM-2 fixture (and its contact regression) into ``model_dir`` under
+    the file names of ``esm2_t6_8M_UR50D``, so the server serves it as ``esm2-8m``."""
+    from tests.conftest import shared_path
+
+    src = shared_path("fixtures", "esm2")
+    shutil.copy(src / "esm2_tiny.pt", model_dir / "esm2_t6_8M_UR50D.pt")
+    shutil.copy(src / "esm2_tiny-contact-regression.pt", model_dir / "esm2_t6_8M_UR50D-contact-regression.pt")
+
+
+def install_esmc_fixture(model_dir: Path, size: str = "300m") -> None:
+    """Copy the tiny official-layout ESM C fixture into ``model_dir/esmc-<size>/data/weights/``
+    (the official snapshot layout, with a ``config.json`` giving its 4 heads)."""
+    from tests.conftest import shared_path
+
+    w = model_dir / f"esmc-{size}" / "data" / "weights"
+    w.mkdir(parents=True)
+    shutil.copy(shared_path("fixtures", "esmc", "model.pth"), w / f"esmc_{size}_2024_12_v0.pth")
+    (w / "config.json").write_text(json.dumps({"n_heads": 4}))
 
 
 class FakePoetEngine:

@@ -11,35 +11,24 @@ Without it the test is skipped; CI installs the SDK with ``.ci/sdk_venvs.sh`` an
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from plmserve.api.app import create_app
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import FakePoetEngine, LiveServer
+from tests.client.support import FakePoetEngine, LiveServer, make_app, run_sdk_script
 
 SDK_PYTHON = os.environ.get("PLMSERVE_OPENPROTEIN_SDK_PYTHON")
 
 
 @pytest.mark.skipif(not SDK_PYTHON, reason="PLMSERVE_OPENPROTEIN_SDK_PYTHON (a python with openprotein-python 0.2.x) not set")
 def test_official_sdk_0_2_workflow(tmp_path):
-    settings = Settings(data_dir=tmp_path, api_keys=["k"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", FakePoetEngine())
+    app = make_app(Settings(data_dir=tmp_path, api_keys=["k"]), {"poet": FakePoetEngine()},
+                   users={"alice": "alice-password"})
     script = Path(__file__).with_name("official_sdk_flow.py")
     with LiveServer(app) as srv:
-        proc = subprocess.run([SDK_PYTHON, str(script), srv.url, "alice", "alice-password"],
-                              capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = run_sdk_script(SDK_PYTHON, script, srv.url, "alice", "alice-password")
     assert out["version"].startswith("0.2")
     assert out["msa_rows"][0] == ["query", "MKTAYIAKQR"] and len(out["msa_rows"]) == 4
     assert out["prompt_rows"].count(["<END_PROMPT>"]) == 1

@@ -23,18 +23,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from plmserve.api.app import create_app
 from plmserve.bio.msa import read_msa
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, make_app, poet_fixture_engine, run_sdk_script
 from tests.conftest import shared_path
 
 SDK_PYTHON = os.environ.get("PLMSERVE_OPENPROTEIN017_SDK_PYTHON")
@@ -80,20 +77,14 @@ def test_official_sdk_0_17_workflow(tmp_path):
     (model_dir / "esmc-300m").symlink_to(shared_path("fixtures", "esmc", "hf"), target_is_directory=True)
     settings = Settings(data_dir=tmp_path / "data", api_keys=["k"], msa_database=tmp_path / "search_db.fasta",
                         model_dir=model_dir, device="cpu", dtype="float32", workers=1, offline=True)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.close()
-    app = create_app(settings)
+    app = make_app(settings, users={"alice": "alice-password"})
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENPROTEIN_")}
     env.update(HOME=str(home), OMP_NUM_THREADS="1")
     script = Path(__file__).with_name("official_sdk017_flow.py")
     with LiveServer(app) as srv:
-        proc = subprocess.run([SDK_PYTHON, str(script), srv.url, "alice", "alice-password", str(inputs)],
-                              capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = run_sdk_script(SDK_PYTHON, script, srv.url, "alice", "alice-password", inputs, env=env, timeout=600)
     wt = given["wild_type"]
 
     assert out["version"] == "0.17.0"
@@ -121,9 +112,7 @@ def test_official_sdk_0_17_workflow(tmp_path):
     assert str(uuid.UUID(out["query"]["id"], version=4)) == out["query"]["id"]
 
     # scores equal the engine's under the same 3 replicates
-    from plmserve.models.poet.engine import PoET
-
-    engine = PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+    engine = poet_fixture_engine()
     reps = [[seq for _, seq in rep] for rep in out["prompt"]]
     assert out["score_type"] == "/poet/score"
     assert [r[1] for r in out["score"]] == [seq for _, seq in given["variants"]]

@@ -14,7 +14,7 @@ import plmserve.client as pc
 from plmserve.api.app import create_app
 from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import FakePoetEngine, LiveServer
+from tests.client.support import FakePoetEngine, LiveServer, make_app
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 
@@ -22,12 +22,7 @@ MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nM
 @pytest.fixture
 def live(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", FakePoetEngine())
+    app = make_app(settings, {"poet": FakePoetEngine()})
     with LiveServer(app) as srv:
         yield srv
 

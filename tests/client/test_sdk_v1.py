@@ -3,13 +3,10 @@ session.embedding.poet, session.load_job) against a real server with the PoET fi
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 import plmserve.client as pc
-from plmserve.api.app import create_app
 from plmserve.client.v1 import (
     EmbeddingsResultFuture,
     GenerateFuture,
@@ -19,19 +16,13 @@ from plmserve.client.v1 import (
     ScoreFuture,
     SingleSiteFuture,
 )
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
-from tests.conftest import shared_path
+from tests.client.support import LiveServer, make_app, poet_fixture_engine
 
 MSA_FASTA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
 
 
-@functools.lru_cache(maxsize=1)
-def engine():
-    from plmserve.models.poet.engine import PoET
-
-    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+engine = poet_fixture_engine  # the real engine of the fixture checkpoint, loaded once
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -40,12 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture
 def session(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"])
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", engine())
+    app = make_app(settings, {"poet": engine()})
     with LiveServer(app) as srv:
         s = pc.connect(srv.url, "alice", "alice-password", poll_interval=0.05)
         s.url = srv.url

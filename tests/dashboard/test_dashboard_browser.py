@@ -22,11 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from plmserve.api.app import create_app
 from plmserve.bio.msa import read_msa
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, make_app
 from tests.conftest import shared_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -58,11 +56,7 @@ def server(tmp_path_factory):
     (model_dir / "poet.ckpt").symlink_to(shared_path("fixtures", "poet", "model.ckpt"))
     settings = Settings(data_dir=data_dir, api_keys=["admin-key"], model_dir=model_dir, device="cpu",
                         dtype="float32", workers=1)
-    store = JobStore(settings.resolved_database_url())
-    for name, pw in PW.items():
-        store.add_user(name, pw)
-    store.close()
-    with LiveServer(create_app(settings)) as srv:
+    with LiveServer(make_app(settings, users=PW)) as srv:
         yield srv
 
 

@@ -15,11 +15,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from plmserve.api.app import create_app
 from plmserve.api.dashboard import CSRF_COOKIE, SESSION_COOKIE
 from plmserve.bio.msa import parse_msa
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
+from tests.client import support
 from tests.client.support import FakePoetEngine, postgres_url  # noqa: F401 (fixture)
 
 MSA = b">query\nMKTAYIAKQR\n>hom1\nMKTAY-AKQR\n>hom2\nMRTAYIAKQK\n>hom3\nMKSAYLAKQR\n"
@@ -28,13 +27,7 @@ WT = "MKTAYIAKQR"
 
 def make_app(tmp_path, database_url=None):
     settings = Settings(data_dir=tmp_path, api_keys=["admin-key"], database_url=database_url)
-    store = JobStore(settings.resolved_database_url())
-    store.add_user("alice", "alice-password")
-    store.add_user("bob", "bob-password")
-    store.close()
-    app = create_app(settings)
-    app.state.models.put("poet", FakePoetEngine())
-    return app
+    return support.make_app(settings, {"poet": FakePoetEngine()})
 
 
 @pytest.fixture

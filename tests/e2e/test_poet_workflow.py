@@ -17,7 +17,6 @@ runs the same steps with the single-site scan limited to the first 30 residues (
 from __future__ import annotations
 
 import csv
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ import pytest
 import plmserve.client as pc
 from plmserve.api.app import create_app
 from plmserve.bio.msa import read_msa
-from plmserve.jobs.store import JobStore
 from plmserve.settings import Settings
-from tests.client.support import LiveServer
+from tests.client.support import LiveServer, add_users, poet_fixture_engine
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.slow
@@ -82,21 +80,13 @@ def make_app(data_dir: Path, database_url: str | None, search_db: Path):
     return create_app(settings), settings
 
 
-@functools.lru_cache(maxsize=1)
-def reference_engine():
-    """The engine called directly (no server, no jobs), for the expected numbers."""
-    from plmserve.models.poet.engine import PoET
-
-    return PoET.from_checkpoint(shared_path("fixtures", "poet", "model.ckpt"), device="cpu", dtype="float32")
+reference_engine = poet_fixture_engine  # the engine called directly (no server, no jobs), for the expected numbers
 
 
 def run_flow(tmp_path, database_url, search_db, blat, jacquier, *, single_site_len=None):
     db_path, planted = search_db
     app, settings = make_app(tmp_path, database_url, db_path)
-    store = JobStore(settings.resolved_database_url())
-    for name, pw in PW.items():
-        store.add_user(name, pw)
-    store.close()
+    add_users(settings.resolved_database_url(), PW)
     wt = blat.query
     scan = wt if single_site_len is None else wt[:single_site_len]
     seen = {}

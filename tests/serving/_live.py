@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -12,20 +11,23 @@ from pathlib import Path
 
 import httpx
 
+from tests.client.support import free_port
+
 KEY = "serving-test-key"
 AUTH = {"Authorization": f"Token {KEY}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
-    """A running server: ``base`` URL, ``proc``, ``log`` (its stdout+stderr file)."""
+    """A running server: ``base`` URL, ``proc``, ``log`` (its stdout+stderr file).
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None):
+    ``plmserve serve --host 127.0.0.1 --port <free> --load-format <load_format> *args`` with the
+    API key :data:`KEY`, data in ``tmp/data`` and ``env`` added to the environment; the constructor
+    returns once ``/health`` answers 200 (RuntimeError with the server's output if it exits or takes
+    over 120 s). ``load_format=None`` leaves the flag out (the server's default).
+    """
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None,
+                 load_format: str | None = "dummy"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
@@ -33,7 +35,7 @@ class LiveServer:
                     "PLMSERVE_DATA_DIR": str(tmp / "data"), "OMP_NUM_THREADS": "1", **(env or {})}
         full_env.pop("PLMSERVE_DATABASE_URL", None)
         cmd = [sys.executable, "-c", "from plmserve.cli import main; main()", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--load-format", "dummy", *args]
+               "--port", str(self.port), *(("--load-format", load_format) if load_format else ()), *args]
         self._fh = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=self._fh, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120

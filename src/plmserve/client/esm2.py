@@ -11,17 +11,14 @@ Results are typed (pydantic) with numpy-friendly lists::
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict
-
-from plmserve.client.base import APISession
+from plmserve.client._plm import PLMRouteAPI, RouteResult
 
 
-class EncodeResult(BaseModel):
+class EncodeResult(RouteResult):
     """One ``encode`` result; only requested outputs are set (layer keys are strings)."""
 
-    model_config = ConfigDict(extra="allow")
     sequence_index: int
     mean_representations: Optional[dict[str, list[float]]] = None
     representations: Optional[dict[str, list[list[float]]]] = None
@@ -31,46 +28,35 @@ class EncodeResult(BaseModel):
     attentions: Optional[list[list[float]]] = None
 
 
-class PredictResult(BaseModel):
+class PredictResult(RouteResult):
     """``predict``: ``[L][20]`` logits, the input tokens and the 20 column labels."""
 
-    model_config = ConfigDict(extra="allow")
     logits: list[list[float]]
     sequence_tokens: list[str]
     alphabet_tokens: list[str]
 
 
-class LogProbResult(BaseModel):
+class LogProbResult(RouteResult):
     """``log_prob``: the pseudo-log-likelihood (natural log, summed over residues)."""
 
-    model_config = ConfigDict(extra="allow")
     log_prob: float
 
 
-class ESM2API:
+class ESM2API(PLMRouteAPI):
     """Client of one ESM-2 model's routes (``slug`` such as ``esm2-8m`` or ``esm2-650m``)."""
 
-    def __init__(self, session: APISession, slug: str):
-        self.session = session
-        self.slug = slug
-
-    def _post(self, action: str, sequences: Sequence[str], params: dict[str, Any] | None) -> list[dict]:
-        body: dict[str, Any] = {"items": [{"sequence": s} for s in sequences]}
-        if params is not None:
-            body["params"] = params
-        return self.session.post(f"v2/{self.slug}/{action}/", json=body).json()["results"]
+    api_version = "v2"
 
     def encode(self, sequences: Sequence[str], include: Sequence[str] = ("mean",),
                repr_layers: Sequence[int] = (-1,)) -> list[EncodeResult]:
         """Representations/contacts/logits of each sequence (``include``: mean, per_token, bos,
         contacts, logits, attentions)."""
-        rows = self._post("encode", sequences, {"include": list(include), "repr_layers": list(repr_layers)})
-        return [EncodeResult(**r) for r in rows]
+        return self._encode(EncodeResult, sequences, include, repr_layers)
 
     def predict(self, sequences: Sequence[str]) -> list[PredictResult]:
         """Logits at every position of sequences containing ``<mask>`` tokens."""
-        return [PredictResult(**r) for r in self._post("predict", sequences, None)]
+        return self._results(PredictResult, "predict", sequences)
 
     def log_prob(self, sequences: Sequence[str]) -> list[LogProbResult]:
         """Pseudo-log-likelihood of each sequence."""
-        return [LogProbResult(**r) for r in self._post("log_prob", sequences, None)]
+        return self._results(LogProbResult, "log_prob", sequences)

@@ -311,6 +311,20 @@ class PoetGenerateFuture(PoetFutureMixin, StreamingAsyncJobFuture):
 Prompt = Union[PromptFuture, str]
 
 
+def check_sampling_params(temperature: float, topk: Optional[float], topp: Optional[float]) -> None:
+    """The OpenProtein SDKs' checks of PoET ``generate``'s sampling parameters.
+
+    Raises:
+        InvalidParameterError: temperature outside [0.1, 2], topk outside [2, 20], topp outside [0, 1].
+    """
+    if not 0.1 <= temperature <= 2:
+        raise InvalidParameterError("The 'temperature' must be between 0.1 and 2.")
+    if topk is not None and not 2 <= topk <= 20:
+        raise InvalidParameterError("The 'topk' must be between 2 and 20.")
+    if topp is not None and not 0 <= topp <= 1:
+        raise InvalidParameterError("The 'topp' must be between 0 and 1.")
+
+
 def _prompt_id(prompt: Prompt) -> Optional[str]:
     return prompt.prompt_id if isinstance(prompt, PromptFuture) else prompt
 
@@ -441,12 +455,7 @@ class PoetAPI:
             InvalidParameterError: temperature outside [0.1, 2], topk outside [2, 20], topp
                 outside [0, 1], seed outside [0, 2**32].
         """
-        if not 0.1 <= temperature <= 2:
-            raise InvalidParameterError("The 'temperature' must be between 0.1 and 2.")
-        if topk is not None and not 2 <= topk <= 20:
-            raise InvalidParameterError("The 'topk' must be between 2 and 20.")
-        if topp is not None and not 0 <= topp <= 1:
-            raise InvalidParameterError("The 'topp' must be between 0 and 1.")
+        check_sampling_params(temperature, topk, topp)
         if seed is not None and not 0 <= seed < 2**32:
             raise InvalidParameterError("The 'random_seed' must be between 0 and 2**32-1.")
         prompt_id = _prompt_id(prompt)

@@ -34,6 +34,7 @@ import numpy as np
 from plmserve.client.base import APISession
 from plmserve.client.errors import InvalidParameterError, MissingParameterError
 from plmserve.client.jobs import AsyncJobFuture, Job, job_args_get, job_get
+from plmserve.client.poet import MSASamplingMethod, check_sampling_params  # shared with the 0.2 API
 
 SeqLike = Union[str, bytes]
 
@@ -71,16 +72,6 @@ class SingleSiteScore:
     mut_code: str
     score: np.ndarray
     query_id: str | None = None
-
-
-class MSASamplingMethod(str, Enum):
-    """Prompt sampling strategies (``sample_prompt(method=...)``)."""
-
-    RANDOM = "RANDOM"
-    NEIGHBORS = "NEIGHBORS"
-    NEIGHBORS_NO_LIMIT = "NEIGHBORS_NO_LIMIT"
-    NEIGHBORS_NONGAP_NORM_NO_LIMIT = "NEIGHBORS_NONGAP_NORM_NO_LIMIT"
-    TOP = "TOP"
 
 
 class MSAType(str, Enum):
@@ -464,12 +455,7 @@ class PoETModel(EmbeddingModel):
             InvalidParameterError: temperature outside [0.1, 2], topk outside [2, 20], topp
                 outside [0, 1], seed outside [0, 2**32].
         """
-        if not 0.1 <= temperature <= 2:
-            raise InvalidParameterError("The 'temperature' must be between 0.1 and 2.")
-        if topk is not None and not 2 <= topk <= 20:
-            raise InvalidParameterError("The 'topk' must be between 2 and 20.")
-        if topp is not None and not 0 <= topp <= 1:
-            raise InvalidParameterError("The 'topp' must be between 0 and 1.")
+        check_sampling_params(temperature, topk, topp)
         if seed is not None and not 0 <= seed <= 2**32:
             raise InvalidParameterError("The 'seed' must be between 0 and 2**32.")
         body: dict[str, Any] = {"n_sequences": num_samples, "temperature": temperature, "maxlen": max_length,

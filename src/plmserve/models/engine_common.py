@@ -5,7 +5,8 @@
 * :func:`resolve_layer_numbers`: ``repr_layers`` made non-negative and range-checked;
 * :class:`MaskedLMEngineBase`: the forward-pass slots (two passes at once, so the batching
   scheduler's short-request lane runs beside a long batch), input validation, and the methods
-  built only on an engine's ``encode``, ``_masked_log_probs`` and ``unmasked_log_probs``:
+  built only on an engine's ``encode`` and ``_residue_logits`` (one forward pass over residue rows):
+  ``_masked_log_probs``, ``unmasked_log_probs``,
   ``predict``, ``masked_log_probs``, ``log_prob`` (pseudo-log-likelihood, Salazar et al. 2020; or
   BioLM's single-pass definition) and ``score_mutants`` (ESM-1v masked / wild-type marginals, Meier
   et al. 2021, via :mod:`plmserve.models.marginals`).
@@ -15,6 +16,7 @@ Each engine keeps its own forward pass, ``encode`` and layer convention.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, Mapping
@@ -47,6 +49,18 @@ def resolve_device_dtype(device: str | torch.device | None = "auto", dtype: str 
             raise InvalidParameterError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
         dtype = names[dtype.lower()]
     return device, dtype
+
+
+def engine_kwargs(spec: Any, settings: Any) -> dict[str, Any]:
+    """An engine constructor's keyword arguments for the registry entry ``spec`` (its ``slug``)
+    from ``settings`` (``device``, ``dtype``, ``toks_per_batch``; ``auto``/``auto``/4096 when a
+    field is absent)."""
+    return {
+        "device": getattr(settings, "device", "auto"),
+        "dtype": getattr(settings, "dtype", "auto"),
+        "toks_per_batch": getattr(settings, "toks_per_batch", 4096),
+        "slug": spec.slug,
+    }
 
 
 def token_batches(lengths: Sequence[int], toks_per_batch: int, *, square_budget: int | None = None) -> list[list[int]]:
@@ -105,20 +119,23 @@ def resolve_layer_numbers(repr_layers: Sequence[int] | int, *, low: int, high: i
 class MaskedLMEngineBase:
     """The parts of ESM-2's and ESM C's engines that do not depend on the architecture.
 
-    A subclass sets :attr:`slug`, :attr:`max_residues`, the class attributes below, calls
-    :meth:`_init_slots` in ``__init__``, and implements ``encode`` (with ``include=("logits",)``
-    giving ``logits`` float32 ``[L, 20]`` in :attr:`alphabet_tokens` order), ``_masked_log_probs``,
-    ``unmasked_log_probs`` and :meth:`_biolm_log_prob`.
+    A subclass sets :attr:`slug`, :attr:`max_residues`, :attr:`toks_per_batch`, the class
+    attributes below, calls :meth:`_init_slots` in ``__init__``, and implements ``encode`` (with
+    ``include=("logits",)`` giving ``logits`` float32 ``[L, 20]`` in :attr:`alphabet_tokens` order),
+    :meth:`_residue_logits` and :meth:`_biolm_log_prob`.
 
     Class attributes:
         _residue_letters: one-letter codes a mutation may name.
         _token_id: token -> vocabulary id (the columns of the log-probabilities).
         _standard_ids: int64 ``[20]``: ids of the 20 standard amino acids (the residues a
             likelihood sums over).
+        _mask_id: the ``<mask>`` token's id.
     """
 
     slug: str
     max_residues: int
+    toks_per_batch: int
+    _mask_id: int = -1
     _residue_letters: str = ""
     _token_id: Mapping[str, int] = {}
     _standard_ids: np.ndarray = np.arange(0)
@@ -129,6 +146,25 @@ class MaskedLMEngineBase:
     _mask_token: str = "<mask>"
 
     # ---------------------------------------------------------------- threading
+
+    def _init_model(self, model: torch.nn.Module, *, slug: str, load_format: str, source: str | None,
+                    device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
+        """Set :attr:`device` / :attr:`dtype` (:func:`resolve_device_dtype`; a WARNING for half
+        precision on CPU), :attr:`model` (moved there, eval mode), :attr:`slug`, :attr:`load_format`,
+        :attr:`source` and, from ``model.config``, :attr:`num_layers`, :attr:`embed_dim` and
+        :attr:`attention_heads`."""
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            logging.getLogger(type(self).__module__).warning(
+                "half precision on CPU is slow and imprecise; consider dtype=float32")
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        cfg = model.config
+        self.slug = slug
+        self.num_layers: int = int(cfg.num_hidden_layers)
+        self.embed_dim: int = int(cfg.hidden_size)
+        self.attention_heads: int = int(cfg.num_attention_heads)
+        self.load_format = load_format
+        self.source = source
 
     def _init_slots(self) -> None:
         """Up to :data:`CONCURRENT_PASSES` forward passes at once (the forward keeps no shared
@@ -187,7 +223,58 @@ class MaskedLMEngineBase:
             Per job, float64 ``[len(positions), V]``: ``log_softmax`` over the model's vocabulary
             (V = 33 for ESM-2, the head's 64 columns for ESM C) at the masked positions (column = token id).
         """
-        return self._masked_log_probs(jobs)  # type: ignore[attr-defined]
+        return self._masked_log_probs(jobs)
+
+    def _residue_logits(self, rows: list[np.ndarray]) -> torch.Tensor:
+        """One forward pass (inside :meth:`_run`) over residue rows (int64 ``[L_i]`` each, no
+        BOS/EOS, ``<mask>`` ids allowed): float32 logits ``[B, T, V]`` over the whole vocabulary,
+        row ``i``'s residue ``j`` at position ``j + 1`` (after BOS)."""
+        raise NotImplementedError
+
+    def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
+        """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model
+        (length-sorted batches under :attr:`toks_per_batch`) and return ``log_softmax`` over the
+        vocabulary at them, float64 ``[len(positions), V]`` (V = 33 for ESM-2, the head's 64 columns
+        for ESM C; column = token id)."""
+        out: list[np.ndarray | None] = [None] * len(jobs)
+
+        def work():
+            for batch in token_batches([len(r) for r, _ in jobs], self.toks_per_batch):
+                masked = []
+                for i in batch:
+                    r = jobs[i][0].copy()
+                    r[list(jobs[i][1])] = self._mask_id
+                    masked.append(r)
+                lp = torch.log_softmax(self._residue_logits(masked), dim=-1)
+                for b, i in enumerate(batch):
+                    pos = torch.as_tensor([p + 1 for p in jobs[i][1]], device=lp.device, dtype=torch.long)
+                    out[i] = lp[b, pos].double().cpu().numpy()
+
+        self._run(work)
+        return out  # type: ignore[return-value]
+
+    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``log_softmax`` over the vocabulary at every residue position of unmasked sequences
+        (the wild-type pass of ``wt_marginals``; batched by length, padding masked).
+
+        Args:
+            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
+
+        Returns:
+            Per row, float64 ``[L_i, V]`` (V = 33 for ESM-2, 64 for ESM C; column = token id), rows
+            in input order.
+        """
+        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
+        out: list[np.ndarray | None] = [None] * len(rows)
+
+        def work():
+            for batch in token_batches([len(r) for r in rows], self.toks_per_batch):
+                lp = torch.log_softmax(self._residue_logits([rows[i] for i in batch]), dim=-1)
+                for b, i in enumerate(batch):
+                    out[i] = lp[b, 1 : len(rows[i]) + 1].double().cpu().numpy()
+
+        self._run(work)
+        return out  # type: ignore[return-value]
 
     def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
         """BioLM's single-pass log-probability of one sequence from its ``[L, 20]`` logits (standard
@@ -222,7 +309,7 @@ class MaskedLMEngineBase:
             for p in kp:
                 jobs.append((r, (int(p),)))
                 owner.append(k)
-        lps = self._masked_log_probs(jobs)  # type: ignore[attr-defined]
+        lps = self._masked_log_probs(jobs)
         totals = [0.0] * len(seqs)
         for (r, (p,)), k, lp in zip(jobs, owner, lps):
             totals[k] += float(lp[0, r[p]])
@@ -256,5 +343,9 @@ class MaskedLMEngineBase:
         parsed = parse_substitutions(wt, mutants, self._residue_letters)
         r = self._encode_residues(wt)
         return marginal_scores(parsed, r, self._token_id, method,
-                               lambda: self.unmasked_log_probs([r])[0],  # type: ignore[attr-defined]
-                               self._masked_log_probs)  # type: ignore[attr-defined]
+                               lambda: self.unmasked_log_probs([r])[0], self._masked_log_probs)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(slug={self.slug!r}, layers={self.num_layers}, "  # type: ignore[attr-defined]
+                f"dim={self.embed_dim}, load_format={self.load_format!r}, "  # type: ignore[attr-defined]
+                f"device={self.device}, dtype={self.dtype})")  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from plmserve.models.registry import ModelSpec
@@ -33,15 +33,12 @@ def load(spec: "ModelSpec", settings: "Settings", *, path: str | None = None) ->
         WeightsNotFoundError: no weights anywhere (the message lists the places searched).
         ModelLoadError: weights found but unusable.
     """
+    from plmserve.models.engine_common import engine_kwargs
+
     from .engine import ESM2Engine
     from .weights import locate_weights
 
-    kw: dict[str, Any] = {
-        "device": getattr(settings, "device", "auto"),
-        "dtype": getattr(settings, "dtype", "auto"),
-        "toks_per_batch": getattr(settings, "toks_per_batch", 4096),
-        "slug": spec.slug,
-    }
+    kw = engine_kwargs(spec, settings)
     if getattr(settings, "load_format", "auto") == "dummy":
         return ESM2Engine.dummy(spec, seed=0, **kw)
     where = locate_weights(spec, settings, explicit=path)

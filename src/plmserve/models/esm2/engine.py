@@ -104,6 +104,7 @@ class ESM2Engine(MaskedLMEngineBase):
     _validate_sequences = staticmethod(validate_sequences)
     _split_tokens = staticmethod(split_tokens)
     _mask_token = MASK_TOKEN
+    _mask_id = MASK_ID
 
     def __init__(
         self,
@@ -120,18 +121,8 @@ class ESM2Engine(MaskedLMEngineBase):
         _register_attention()
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
             model.config._attn_implementation = ATTN_IMPLEMENTATION
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            logger.warning("half precision on CPU is slow and imprecise; consider dtype=float32")
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        cfg = model.config
-        self.slug = slug
-        self.num_layers: int = int(cfg.num_hidden_layers)
-        self.embed_dim: int = int(cfg.hidden_size)
-        self.attention_heads: int = int(cfg.num_attention_heads)
-        self.max_residues: int = int(min(cfg.max_position_embeddings, MAX_POSITIONS)) - 2
-        self.load_format = load_format
-        self.source = source
+        self._init_model(model, slug=slug, load_format=load_format, source=source, device=device, dtype=dtype)
+        self.max_residues: int = int(min(model.config.max_position_embeddings, MAX_POSITIONS)) - 2
         self.toks_per_batch = max(int(toks_per_batch), MAX_POSITIONS)
         self.has_contact_head = has_contact_head
         self._init_slots()  # two forward passes at once (the hook state is thread-local)
@@ -178,20 +169,16 @@ class ESM2Engine(MaskedLMEngineBase):
         """
         from pathlib import Path
 
-        from .weights import fair_esm_to_hf, load_fair_esm_checkpoint, regression_path_for
+        from .weights import read_fair_esm, regression_path_for
 
         pt_path = Path(pt_path)
-        if not pt_path.is_file():
-            raise FileNotFoundError(2, "No such file", str(pt_path))
-        model_data = load_fair_esm_checkpoint(pt_path)
-        reg = regression_path_for(pt_path)
-        reg_data = load_fair_esm_checkpoint(reg) if reg.is_file() else None
-        if reg_data is None:
-            logger.warning("%s not found: contacts are unavailable for %s", reg.name, pt_path.name)
-        config, state = fair_esm_to_hf(model_data, reg_data)
+        config, state, has_regression = read_fair_esm(pt_path)
+        if not has_regression:
+            logger.warning("%s not found: contacts are unavailable for %s", regression_path_for(pt_path).name,
+                           pt_path.name)
         model = build_hf_model(config, state)
         return cls(model, slug=slug or pt_path.stem, load_format="fair-esm", source=str(pt_path),
-                   has_contact_head=reg_data is not None, **kw)  # fmt: skip
+                   has_contact_head=has_regression, **kw)  # fmt: skip
 
     @classmethod
     def dummy(cls, spec_or_config: Any, seed: int = 0, **kw) -> "ESM2Engine":
@@ -493,59 +480,14 @@ class ESM2Engine(MaskedLMEngineBase):
     # ---------------------------------------------------------------- log-likelihoods
     # (predict, log_prob, masked_log_probs, score_mutants: MaskedLMEngineBase)
 
-    def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
-        """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model,
-        and return ``log_softmax`` over the full vocabulary at them, float64 ``[len(positions), 33]``."""
-        out: list[np.ndarray | None] = [None] * len(jobs)
-
-        def work():
-            for batch in _token_batches([len(r) for r, _ in jobs], self.toks_per_batch):
-                masked = []
-                for i in batch:
-                    r = jobs[i][0].copy()
-                    r[list(jobs[i][1])] = MASK_ID
-                    masked.append(r)
-                res = self._forward(masked, logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for b, i in enumerate(batch):
-                    pos = torch.as_tensor([p + 1 for p in jobs[i][1]], device=lp.device, dtype=torch.long)
-                    out[i] = lp[b, pos].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
+    def _residue_logits(self, rows: list[np.ndarray]) -> torch.Tensor:
+        return self._forward(rows, logits=True)["logits"]
 
     def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
         """BioLM's ``log_prob`` of one sequence (matches ``biolm_expected.json``): log-softmax of the
         ``[L, 20]`` logits (float32, then float64), summed at the standard residues ``keep``."""
         lp = torch.log_softmax(torch.from_numpy(logits), dim=-1).double().numpy()
         return float(lp[keep, residues[keep] - STANDARD_SLICE.start].sum())
-
-    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``log_softmax`` over the full vocabulary at every residue position of unmasked sequences
-        (the wild-type pass of ``wt_marginals``; batched by length, padding masked).
-
-        Args:
-            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
-
-        Returns:
-            Per row, float64 ``[L_i, 33]`` (column = token id), rows in input order.
-        """
-        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
-        out: list[np.ndarray | None] = [None] * len(rows)
-
-        def work():
-            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
-                res = self._forward([rows[i] for i in batch], logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for b, i in enumerate(batch):
-                    out[i] = lp[b, 1 : len(rows[i]) + 1].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return (f"ESM2Engine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
-                f"load_format={self.load_format!r}, device={self.device}, dtype={self.dtype})")  # fmt: skip
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

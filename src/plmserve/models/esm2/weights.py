@@ -207,6 +207,27 @@ def regression_path_for(pt_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + "-contact-regression.pt")
 
 
+def read_fair_esm(pt_path: str | os.PathLike) -> tuple["EsmConfig", dict[str, "torch.Tensor"], bool]:
+    """A fair-esm ``esm2_*.pt`` and, when present, its :func:`regression_path_for` file, converted
+    to the HF layout (:func:`fair_esm_to_hf`).
+
+    Returns:
+        ``(config, state_dict, has_contact_regression)``.
+
+    Raises:
+        FileNotFoundError: ``pt_path`` does not exist.
+        ModelLoadError: not a readable ESM-2 checkpoint.
+    """
+    pt_path = Path(pt_path)
+    if not pt_path.is_file():
+        raise FileNotFoundError(2, "No such file", str(pt_path))
+    reg = regression_path_for(pt_path)
+    model_data = load_fair_esm_checkpoint(pt_path)
+    reg_data = load_fair_esm_checkpoint(reg) if reg.is_file() else None
+    config, state = fair_esm_to_hf(model_data, reg_data)
+    return config, state, reg_data is not None
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert a fair-esm ``esm2_*.pt`` (+ its ``-contact-regression.pt`` if present) into a Hugging
     Face model directory at ``dst`` (``config.json`` + ``model.safetensors``), loadable with
@@ -217,14 +238,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         ModelLoadError: not a readable ESM-2 checkpoint.
     """
     src = Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(2, "No such file", str(src))
-    reg = regression_path_for(src)
-    model_data = load_fair_esm_checkpoint(src)
-    reg_data = load_fair_esm_checkpoint(reg) if reg.is_file() else None
-    if reg_data is None:
-        logger.warning("no %s next to %s: the converted model has no contact head", reg.name, src.name)
-    config, state = fair_esm_to_hf(model_data, reg_data)
+    config, state, has_regression = read_fair_esm(src)
+    if not has_regression:
+        logger.warning("no %s next to %s: the converted model has no contact head",
+                       regression_path_for(src).name, src.name)
     build_hf_model(config, state)  # checks that every tensor fits the architecture
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

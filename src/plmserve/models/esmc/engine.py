@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from plmserve.errors import InvalidParameterError, ModelLoadError
-from plmserve.models.engine_common import MaskedLMEngineBase, resolve_device_dtype, resolve_layer_numbers
+from plmserve.models.engine_common import MaskedLMEngineBase, resolve_layer_numbers
 from plmserve.models.engine_common import token_batches as _token_batches
 
 from .alphabet import (
@@ -117,27 +117,19 @@ class ESMCEngine(MaskedLMEngineBase):
     _validate_sequences = staticmethod(validate_sequences)
     _split_tokens = staticmethod(split_tokens)
     _mask_token = MASK_TOKEN
+    _mask_id = MASK_ID
 
     def __init__(self, model, *, slug: str = "esmc", load_format: str = "hf-dir", source: str | None = None,
                  device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
                  toks_per_batch: int = 4096):
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            logger.warning("half precision on CPU is slow and imprecise; consider dtype=float32")
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self._init_model(model, slug=slug, load_format=load_format, source=source, device=device, dtype=dtype)
         cfg = model.config
-        self.slug = slug
-        self.num_layers: int = int(cfg.num_hidden_layers)
-        self.embed_dim: int = int(cfg.hidden_size)
-        self.attention_heads: int = int(cfg.num_attention_heads)
         self.head_dim: int = int(getattr(cfg, "head_dim", None) or self.embed_dim // self.attention_heads)
         if int(getattr(cfg, "num_key_value_heads", self.attention_heads)) != self.attention_heads:
             raise ModelLoadError("ESM C checkpoints have as many key/value heads as attention heads")
         if self.head_dim * self.attention_heads != self.embed_dim:
             raise ModelLoadError(f"head_dim {self.head_dim} x {self.attention_heads} heads != width {self.embed_dim}")
         self.max_residues = MAX_POSITIONS - 2
-        self.load_format = load_format
-        self.source = source
         self.toks_per_batch = max(int(toks_per_batch), 1024)
         self.residual_scale = math.sqrt(self.num_layers / 36)
         self._inv_scale = 1.0 / self.residual_scale
@@ -467,26 +459,8 @@ class ESMCEngine(MaskedLMEngineBase):
 
     # ---------------------------------------------------------------- likelihoods
 
-    def _masked_log_probs(self, jobs: list[tuple[np.ndarray, tuple[int, ...]]]) -> list[np.ndarray]:
-        """For each ``(residue_ids, positions)``: mask those 0-based positions together, run the model
-        and return ``log_softmax`` over the head's 64 columns there, float64 ``[len(positions), 64]``."""
-        out: list[np.ndarray | None] = [None] * len(jobs)
-
-        def work():
-            for batch in _token_batches([len(r) for r, _ in jobs], self.toks_per_batch):
-                rows = []
-                for i in batch:
-                    r = jobs[i][0].copy()
-                    r[list(jobs[i][1])] = MASK_ID
-                    rows.append(np.concatenate(([BOS_ID], r, [EOS_ID])))
-                res = self._forward(self._token_tensor(rows), logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for bi, i in enumerate(batch):
-                    pos = torch.as_tensor([p + 1 for p in jobs[i][1]], device=lp.device, dtype=torch.long)
-                    out[i] = lp[bi, pos].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
+    def _residue_logits(self, rows: list[np.ndarray]) -> torch.Tensor:
+        return self._forward(self._token_tensor(self._residue_tokens(rows)), logits=True)["logits"]
 
     def _biolm_log_prob(self, residues: np.ndarray, keep: np.ndarray, logits: np.ndarray) -> float:
         """BioLM's ESM C ``log_prob`` of one sequence: log-softmax (float64) of the ``[L, 20]`` logits
@@ -494,33 +468,6 @@ class ESMCEngine(MaskedLMEngineBase):
         col = {int(t): j for j, t in enumerate(CANONICAL_IDS)}
         lp = torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
         return float(sum(lp[p, col[int(residues[p])]] for p in keep))
-
-    def unmasked_log_probs(self, residue_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``log_softmax`` over the head's 64 columns at every residue position of unmasked sequences
-        (the wild-type pass of ``wt_marginals``; batched by length, pad keys masked).
-
-        Args:
-            residue_rows: residue token ids, int64 ``[L_i]`` each (no BOS/EOS).
-
-        Returns:
-            Per row, float64 ``[L_i, 64]`` (column = token id), rows in input order.
-        """
-        rows = [np.asarray(r, dtype=np.int64) for r in residue_rows]
-        out: list[np.ndarray | None] = [None] * len(rows)
-
-        def work():
-            for batch in _token_batches([len(r) for r in rows], self.toks_per_batch):
-                res = self._forward(self._token_tensor(self._residue_tokens([rows[i] for i in batch])), logits=True)
-                lp = torch.log_softmax(res["logits"], dim=-1)
-                for bi, i in enumerate(batch):
-                    out[i] = lp[bi, 1:len(rows[i]) + 1].double().cpu().numpy()
-
-        self._run(work)
-        return out  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return (f"ESMCEngine(slug={self.slug!r}, layers={self.num_layers}, dim={self.embed_dim}, "
-                f"load_format={self.load_format!r}, device={self.device}, dtype={self.dtype})")  # fmt: skip
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
