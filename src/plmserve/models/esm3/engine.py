@@ -48,7 +48,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -123,6 +123,7 @@ class _Job:
     principal: str = "anonymous"
     method: str = "generate_tensor"
     canceled: bool = False
+    running: bool = False  # admitted (a session being stepped, or a call about to run)
     #: decoding steps computed for this request (forward passes it took part in)
     steps_run: int = 0
 
@@ -188,6 +189,14 @@ class GenerationEngine:
         """Requests waiting for admission."""
         with self._cv:
             return sum(len(q) for q in self._waiting.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The requests queued or running now, for operations and tests: one dict per request with
+        ``principal``, ``method``, ``state`` (``waiting`` | ``running``), ``steps_run`` (forward
+        passes computed for it so far) and ``future`` (the one :meth:`submit` returned)."""
+        with self._cv:
+            return [{"principal": j.principal, "method": j.method, "steps_run": j.steps_run, "future": j.future,
+                     "state": "running" if j.running else "waiting"} for j in self._jobs.values()]
 
     def submit(
         self,
@@ -327,6 +336,7 @@ class GenerationEngine:
                 del self._waiting[principal]
             self._admissions += 1
             self._served[principal] = self._admissions
+            job.running = True
             if job.call is not None:
                 call_budget -= 1
                 calls.append(job)
@@ -471,7 +481,7 @@ class GenerationEngine:
         self._forget(job)
         try:
             job.future.set_result(result)
-        except Exception:  # canceled meanwhile (InvalidStateError)
+        except InvalidStateError:  # canceled meanwhile
             return
         metrics.MODEL_REQUESTS.labels(self.name, job.method, "ok").inc()
 
@@ -481,6 +491,6 @@ class GenerationEngine:
         if not job.future.done():
             try:
                 job.future.set_exception(exc)
-            except Exception:  # canceled meanwhile
+            except InvalidStateError:  # canceled meanwhile
                 return
             metrics.MODEL_REQUESTS.labels(self.name, job.method, "error").inc()
