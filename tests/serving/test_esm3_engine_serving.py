@@ -273,3 +273,19 @@ def test_disconnected_client_session_stops_being_stepped(model):
         after = httpx.get(f"{base}/metrics").text
         assert _metric(after, "plmserve_model_requests_total", model=SLUG, method="generate_tensor",
                        outcome="canceled") == canceled0 + 1
+
+
+def test_model_with_esm3_requests_in_flight_is_not_evicted(app, model):
+    with TestClient(app) as client:
+        assert client.post("/api/v1/generate_tensor", json=_body(num_steps=2), headers=A).status_code == 200
+        engine = _engine_for(app, model, SLUG)
+        gate = _hold(engine)
+        try:
+            assert app.state.models._busy(SLUG)  # the memory manager skips it
+        finally:
+            gate.set()
+        _wait_until(lambda: engine.sessions == 0, "the engine to drain")
+        assert not app.state.models._busy(SLUG)
+        assert app.state.models.evict(SLUG)
+        assert id(model) not in app.state.esm3_engines  # the evicted model's engine is dropped
+        _wait_until(lambda: not engine._thread.is_alive(), "the engine's worker to stop")

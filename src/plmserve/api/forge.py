@@ -376,6 +376,20 @@ async def logits_endpoint(request: Request, principal: Principal = Depends(requi
     return JSONResponse(content)
 
 
+def _engine_busy(app: FastAPI, slug: str) -> bool:
+    """Whether an ESM3 engine of model ``slug`` has requests queued or running."""
+    with app.state.esm3_engine_lock:
+        return any(e.name == slug and e.sessions for e in app.state.esm3_engines.values())
+
+
+def _drop_engine(app: FastAPI, model: Any) -> None:
+    """An evicted model's engine: forgotten and stopped (it is idle: busy models are not evicted)."""
+    with app.state.esm3_engine_lock:
+        engine = app.state.esm3_engines.pop(id(model), None)
+    if engine is not None:
+        engine.close(timeout=0)
+
+
 def include(app: FastAPI) -> None:
     """Add the Forge routes to ``app`` and close the generation engines on shut-down."""
     app.state.esm3_engines = {}
@@ -387,6 +401,10 @@ def include(app: FastAPI) -> None:
         app.state.esm3_engines.clear()
 
     app.state.shutdown.append(_close_engines)
+    models = getattr(app.state, "models", None)
+    if models is not None and hasattr(models, "busy_checks"):  # never evict a model with requests in flight
+        models.busy_checks.append(lambda slug: _engine_busy(app, slug))
+        models.on_evict.append(lambda slug, model: _drop_engine(app, model))
     app.include_router(router)
     from plmserve.api import forge_protein
 
