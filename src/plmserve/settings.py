@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # a scheduling round takes units worth this many forward passes, sorted by length into passes
     # of toks_per_batch padded tokens (less padding); 1 = one pass per round in arrival order
     sort_window_passes: int = Field(default=2, ge=1, le=16)
+    # --- ESM3 serving: bounded engine, fairness, replicas (issue 14, branch s14b) -----
+    esm3_max_sessions: int = Field(
+        default=1024, description="ESM3 requests (generation sessions and single forward passes) queued or "
+        "running per model; beyond it: 503 with Retry-After")
+    esm3_max_batch_size: int = Field(
+        default=16, description="ESM3 generation sessions stepped together per model (rows per decoding step); "
+        "more wait and are admitted round-robin between principals")
     max_body_bytes: int = 8 * 2**20  # JSON/other bodies, checked before parsing and before auth
     max_upload_bytes: int = 32 * 2**20  # multipart bodies (MSA, prompt, variant files)
     poet_max_sequence_length: int = 4096  # residues per PoET sequence (variants, seeds, single-site)

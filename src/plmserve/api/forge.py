@@ -18,14 +18,19 @@ Quirks of the contract handled here (never in ``plmserve.models``):
 - every error is a 4xx ``{"detail": "..."}`` (the SDK retries 5xx five times);
 - beyond Forge: an optional integer ``seed`` makes a call reproducible.
 
-Concurrent requests for the same model of the same length are batched into one forward pass per
-step by :class:`~plmserve.models.esm3.engine.GenerationEngine` (one per model, window
-``Settings.esm3_batch_window_ms``).
+Every ESM3 forward pass goes through the model's :class:`~plmserve.models.esm3.engine.GenerationEngine`
+(one per model, window ``Settings.esm3_batch_window_ms``): concurrent requests of the same length
+share one forward pass per step, at most ``esm3_max_sessions`` requests are queued or running
+(beyond: 503 with ``Retry-After``), sessions are admitted round-robin between principals, a
+request whose client disconnects is dropped at the next step. With
+``PLMSERVE_MODEL_REPLICAS='{"esm3-open-2024-03": N}'`` the work goes to the least-loaded Ray
+replica, which runs its own engine (:mod:`plmserve.cluster.esm3_worker`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -149,23 +154,115 @@ def _parse_tokens(inputs: dict[str, Any]) -> ProteinTokens:
     return tokens
 
 
-def _engine_for(app: FastAPI, model: Any) -> GenerationEngine:
-    """The app's engine for ``model`` (created on first use; one per model object)."""
+def _engine_for(app: FastAPI, model: Any, slug: str | None = None) -> GenerationEngine:
+    """The app's engine for ``model`` (created on first use; one per model object), with the
+    serving settings ``esm3_batch_window_ms``, ``esm3_max_batch_size``, ``esm3_max_sessions``."""
+    settings = app.state.settings
     with app.state.esm3_engine_lock:
         engines: dict[int, GenerationEngine] = app.state.esm3_engines
         engine = engines.get(id(model))
         if engine is None or engine.model is not model:
             engine = GenerationEngine(
                 model,
-                batch_window_ms=app.state.settings.esm3_batch_window_ms,
-                name=getattr(model, "name", "esm3"),
+                batch_window_ms=settings.esm3_batch_window_ms,
+                max_batch_size=getattr(settings, "esm3_max_batch_size", 16),
+                max_sessions=getattr(settings, "esm3_max_sessions", None),
+                name=slug or getattr(model, "name", "esm3"),
             )
             engines[id(model)] = engine
         return engine
 
 
 async def _get_model(request: Request, name: str) -> Any:
+    """The ESM3 model ``name``: a :class:`~plmserve.cluster.model_pool.RemoteEngine` stand-in when
+    the settings give it Ray replicas (``PLMSERVE_MODEL_REPLICAS='{"esm3-open-2024-03": 2}'``; its
+    attributes such as ``config`` and ``is_dummy`` are read from a replica), else the in-process
+    model (loaded on first use).
+
+    Raises:
+        ModelNotFoundError: unknown name or not an ESM3 model (404).
+    """
+    from plmserve.cluster.model_pool import remote_engine
+    from plmserve.models.registry import get_spec
+
+    spec = get_spec(name, "esm3")
+    # --- issue 11 hook: ESM3 models with Ray replicas run on the model pool
+    remote = await run_in_threadpool(remote_engine, request.app.state, spec.slug)
+    if remote is not None:
+        return remote
     return await run_in_threadpool(request.app.state.models.get, name, "esm3")
+
+
+def _principal_key(principal: Any) -> str:
+    return getattr(principal, "name", None) or (str(principal) if principal is not None else "anonymous")
+
+
+async def run_esm3(request: Request, model: Any, model_name: str, principal: Any, method: str, *,
+                   tokens: ProteinTokens | None = None, config: GenerationConfig | None = None,
+                   seed: int | None = None, fn: Any = None, args: tuple = ()) -> Any:
+    """Run one ESM3 request through the model's :class:`GenerationEngine` and await it without
+    blocking the event loop: a generation (``tokens``, ``config``, ``seed`` -> a
+    :class:`~plmserve.models.esm3.sampler.GenerationResult`) or a single forward-pass call
+    (``fn(model, *args)`` -> its result; ``fn`` a module-level function, so that it can be sent to
+    a Ray replica). ``model`` comes from :func:`_get_model`: in-process, the app's engine of the
+    model runs it; with replicas, the least-loaded replica's own engine
+    (:class:`plmserve.cluster.esm3_worker.Esm3Worker`).
+
+    ``principal`` is the fairness key (sessions are admitted round-robin between principals).
+    When the client disconnects first, the request is canceled (a waiting request is dropped, a
+    running one is not stepped again) and :class:`~plmserve.serving.scheduler.ClientDisconnected`
+    is raised.
+
+    Raises:
+        ServiceUnavailableError: ``esm3_max_sessions`` requests are queued or running (503,
+            ``Retry-After``).
+        PlmserveError: the request's own error (bad prompt ...).
+    """
+    from plmserve.cluster.model_pool import RemoteEngine
+    from plmserve.models.registry import get_spec
+
+    slug = get_spec(model_name, "esm3").slug
+    key = _principal_key(principal)
+    if isinstance(model, RemoteEngine):
+        if fn is None:
+            work = model._pool.run_actor(slug, "generate", tokens, config, seed, key, method)
+        else:
+            work = model._pool.run_actor(slug, "forward_call", fn, args, key, method)
+        return await _unless_disconnected(request, asyncio.ensure_future(work), None)
+    engine = _engine_for(request.app, model, slug)
+    if fn is None:
+        future = engine.submit(tokens, config, seed=seed, principal=key, method=method)
+    else:
+        future = engine.submit_call(functools.partial(_call_with_model, fn, args), principal=key, method=method)
+    return await _unless_disconnected(request, asyncio.wrap_future(future), lambda: engine.cancel(future))
+
+
+def _call_with_model(fn: Any, args: tuple, model: Any) -> Any:
+    return fn(model, *args)
+
+
+async def _unless_disconnected(request: Request, work: "asyncio.Future", on_disconnect: Any) -> Any:
+    """Await ``work``; when the client disconnects first, call ``on_disconnect()``, cancel ``work``
+    and raise ``ClientDisconnected`` (as :func:`plmserve.serving.scheduler.run_batched`)."""
+    from plmserve.serving.scheduler import ClientDisconnected, _wait_disconnect
+
+    disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        if on_disconnect is not None:
+            on_disconnect()
+        work.cancel()
+        logger.info("client disconnected: its ESM3 request was canceled")
+        raise ClientDisconnected("the client disconnected before the results were ready")
+    except asyncio.CancelledError:
+        if on_disconnect is not None:
+            on_disconnect()
+        work.cancel()
+        raise
+    finally:
+        disconnect.cancel()
 
 
 def _warnings(model: Any) -> list[str]:
@@ -199,9 +296,8 @@ async def generate_tensor_endpoint(request: Request, principal: Principal = Depe
     config.validate()  # config errors before loading a model
     model = await _get_model(request, body.model)
     tokens = await run_in_threadpool(_parse_tokens, body.inputs)
-    engine = _engine_for(request.app, model)
-    future = engine.submit(tokens, config, seed=body.seed)
-    result = await asyncio.wrap_future(future)
+    result = await run_esm3(request, model, body.model, principal, "generate_tensor", tokens=tokens, config=config,
+                            seed=body.seed)
     content: dict[str, Any] = {"outputs": await run_in_threadpool(result.tokens.to_lists)}
     warnings = _warnings(model)
     if warnings:
@@ -273,12 +369,25 @@ async def logits_endpoint(request: Request, principal: Principal = Depends(requi
     model = await _get_model(request, body.model)
     tokens = await run_in_threadpool(_parse_tokens, body.inputs)
     tokens.validate(getattr(getattr(model, "config", None), "residue_annotation_vocab_size", 1478))
-    engine = _engine_for(request.app, model)
-    content = await asyncio.wrap_future(engine.submit_call(lambda m: _logits_forward(m, tokens, cfg)))
+    content = await run_esm3(request, model, body.model, principal, "logits", fn=_logits_forward, args=(tokens, cfg))
     warnings = _warnings(model)
     if warnings:
         content["warning_messages"] = warnings
     return JSONResponse(content)
+
+
+def _engine_busy(app: FastAPI, slug: str) -> bool:
+    """Whether an ESM3 engine of model ``slug`` has requests queued or running."""
+    with app.state.esm3_engine_lock:
+        return any(e.name == slug and e.sessions for e in app.state.esm3_engines.values())
+
+
+def _drop_engine(app: FastAPI, model: Any) -> None:
+    """An evicted model's engine: forgotten and stopped (it is idle: busy models are not evicted)."""
+    with app.state.esm3_engine_lock:
+        engine = app.state.esm3_engines.pop(id(model), None)
+    if engine is not None:
+        engine.close(timeout=0)
 
 
 def include(app: FastAPI) -> None:
@@ -292,6 +401,10 @@ def include(app: FastAPI) -> None:
         app.state.esm3_engines.clear()
 
     app.state.shutdown.append(_close_engines)
+    models = getattr(app.state, "models", None)
+    if models is not None and hasattr(models, "busy_checks"):  # never evict a model with requests in flight
+        models.busy_checks.append(lambda slug: _engine_busy(app, slug))
+        models.on_evict.append(lambda slug, model: _drop_engine(app, model))
     app.include_router(router)
     from plmserve.api import forge_protein
 

@@ -34,7 +34,6 @@ SASA / function prompts (their tokenizers), non-sequence tracks for ESM C.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -297,7 +296,7 @@ async def generate_endpoint(request: Request, body: GenerateRequest, principal: 
     Only ``track = "sequence"`` with a sequence-only prompt is served: coordinates need the
     structure tokenizer, structure output needs the structure decoder (422 naming them).
     """
-    from plmserve.api.forge import MAX_RESIDUES, _engine_for, _get_model, _warnings
+    from plmserve.api.forge import MAX_RESIDUES, _get_model, _warnings, run_esm3
     from plmserve.models.esm3.sampler import GenerationConfig, ProteinTokens
 
     if _family(body.model) != "esm3":
@@ -325,7 +324,8 @@ async def generate_endpoint(request: Request, body: GenerateRequest, principal: 
     config.validate()
     model = await _get_model(request, body.model)
     tokens = ProteinTokens.from_lists({"sequence": ids})
-    result = await asyncio.wrap_future(_engine_for(request.app, model).submit(tokens, config, seed=body.seed))
+    result = await run_esm3(request, model, body.model, principal, "generate", tokens=tokens, config=config,
+                            seed=body.seed)
     seq = detokenize(result.tokens.sequence.tolist())
     content: dict[str, Any] = {"outputs": {"sequence": seq, **{k: None for k in DECODE_NULLS}},
                                "potential_sequence_of_concern": False}  # fmt: skip
@@ -469,7 +469,7 @@ async def forward_and_sample_endpoint(request: Request, principal: Principal = D
     "embeddings": {"per_residue": [N][d] | null, "sequence": [d] | null}}``; semantics in
     :mod:`plmserve.models.esm3.forward_sample` (every track; ``sasa`` tokens are values in Å²,
     ``inf`` where not sampled); ``esmc-*`` models: the sequence track only (extension)."""
-    from plmserve.api.forge import _engine_for, _get_model, _parse_body, _parse_tokens, _warnings
+    from plmserve.api.forge import _get_model, _parse_body, _parse_tokens, _warnings, run_esm3
     from plmserve.models.esm3.forward_sample import SamplingTrackConfig
 
     body: ForwardAndSampleRequest = await _parse_body(request, ForwardAndSampleRequest)
@@ -491,8 +491,8 @@ async def forward_and_sample_endpoint(request: Request, principal: Principal = D
     model = await _get_model(request, body.model)
     tokens = await run_in_threadpool(_parse_tokens, body.inputs)
     tokens.validate(getattr(getattr(model, "config", None), "residue_annotation_vocab_size", 1478))
-    engine = _engine_for(request.app, model)
-    raw = await asyncio.wrap_future(engine.submit_call(lambda m: _forward_and_sample_body(m, tokens, body, configs)))
+    raw = await run_esm3(request, model, body.model, principal, "forward_and_sample", fn=_forward_and_sample_body,
+                         args=(tokens, body, configs))
     if _warnings(model):
         raw = raw[:-1] + b',"warning_messages":' + json.dumps(_warnings(model)).encode() + b"}"
     return Response(raw, media_type="application/json")

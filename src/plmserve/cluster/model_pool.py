@@ -125,10 +125,10 @@ class ModelPool:
 
         ray = _ray()
         connect(self.settings)
-        cls = ray.remote(ModelWorker)
         conf = worker_settings(self.settings)
         pending = []
         for slug, n in self.replicas.items():
+            cls = ray.remote(worker_class(slug))
             actors = []
             for i in range(n):
                 opts: dict[str, Any] = {"name": self.actor_name(slug, i), "namespace": self.settings.ray_namespace,
@@ -208,6 +208,41 @@ class ModelPool:
         finally:
             self._release(slug, i)
 
+    async def run_actor(self, slug: str, actor_method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call the actor method ``actor_method`` (e.g. :meth:`plmserve.cluster.esm3_worker.Esm3Worker.generate`)
+        of the least-loaded replica of ``slug`` and await it. When the awaiting task is canceled
+        (the HTTP client left), the Ray task is canceled too (``ray.cancel``: an async actor's
+        coroutine gets ``CancelledError`` and drops the request from its engine).
+
+        Raises:
+            PlmserveError: no replica for ``slug``, or the replica's own error (re-raised as is).
+        """
+        import asyncio
+
+        from ray import exceptions as rex
+
+        from plmserve.jobs.ray_executor import _ray
+
+        i = self._pick(slug)
+        ref = None
+        try:
+            ref = getattr(self._actors[slug][i], actor_method).remote(*args, **kwargs)
+            return await ref
+        except asyncio.CancelledError:
+            if ref is not None:
+                try:
+                    _ray().cancel(ref)
+                except Exception:  # already finished, or the replica is gone
+                    logger.debug("could not cancel a %s call on %s", actor_method, slug, exc_info=True)
+            raise
+        except rex.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if isinstance(cause, (PlmserveError, AttributeError)):
+                raise cause from None
+            raise
+        finally:
+            self._release(slug, i)
+
     def call_sync(self, slug: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`run` for synchronous code (blocks this thread until the replica answered)."""
         from ray import exceptions as rex
@@ -260,6 +295,23 @@ class RemoteEngine:
         if kind[0] == "value":
             return kind[1]
         return functools.partial(self._pool.call_sync, self._slug, name)
+
+
+def worker_class(slug: str) -> type:
+    """The actor class of a replica of ``slug``: ESM3 models get
+    :class:`plmserve.cluster.esm3_worker.Esm3Worker` (an async actor running its own batching
+    :class:`~plmserve.models.esm3.engine.GenerationEngine`), every other model :class:`ModelWorker`."""
+    from plmserve.models.registry import get_spec
+
+    try:
+        family = get_spec(slug).family
+    except PlmserveError:
+        return ModelWorker
+    if family == "esm3":
+        from plmserve.cluster.esm3_worker import Esm3Worker
+
+        return Esm3Worker
+    return ModelWorker
 
 
 def remote_engine(app_state: Any, slug: str) -> RemoteEngine | None:
