@@ -81,3 +81,22 @@ def test_check_auth_config_rules():
         check_auth_config(Settings(no_auth=True, host="0.0.0.0"))
     with pytest.raises(InvalidParameterError, match="PLMSERVE_API_KEYS"):
         check_auth_config(Settings(host="127.0.0.1"))
+
+
+def test_api_keys_with_a_common_prefix_are_distinct_principals():
+    """The principal name is the batching schedulers' fairness key: two keys sharing their first
+    characters must not count as one client, and the name never contains the key."""
+    from types import SimpleNamespace
+
+    from plmserve.api.auth import require_principal
+
+    keys = ["abcdefgh-key-one", "abcdefgh-key-two"]
+    settings = SimpleNamespace(api_keys=keys, no_auth=False)
+    names = []
+    for key in keys:
+        request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(settings=settings, token_validators=[])),
+                                  headers={"authorization": f"Token {key}"}, state=SimpleNamespace())
+        principal = require_principal(request)
+        assert principal.kind == "key" and key[:4] not in principal.name.removeprefix("key:")
+        names.append(principal.name)
+    assert names[0] != names[1]

@@ -99,8 +99,10 @@ def _resolve_principal(request: Request) -> Principal:
             if hmac.compare_digest(token.encode(), key.encode()):
                 from plmserve.serving.ops import key_label
 
+                # the name is also the fairness key of the batching schedulers: a digest of the
+                # whole key, so two keys with a common prefix are two principals (never the key itself)
                 request.state.principal_log = key_label(key)
-                return Principal(name=f"key:{key[:4]}…", kind="key")
+                return Principal(name=key_label(key), kind="key")
         for validator in request.app.state.token_validators:
             principal = validator(request, token)
             if principal is not None:
