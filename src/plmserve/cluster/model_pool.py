@@ -87,6 +87,15 @@ class ModelWorker:
         return getattr(self.model, method)(*args, **(kwargs or {}))
 
 
+def _reraise_cause(exc: Exception) -> None:
+    """Re-raise the model's own error carried by a Ray task error (bad input:
+    :class:`PlmserveError`, or an unknown method: AttributeError) unchanged; else ``exc`` itself."""
+    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+    if isinstance(cause, (PlmserveError, AttributeError)):
+        raise cause from None
+    raise exc
+
+
 class ModelPool:
     """Replicas of models on Ray, chosen least-loaded per call.
 
@@ -194,19 +203,7 @@ class ModelPool:
         Raises:
             PlmserveError: no replica for ``slug``, or the model's own error (re-raised as is).
         """
-        from ray import exceptions as rex
-
-        i = self._pick(slug)
-        try:
-            actor = self._actors[slug][i]
-            return await actor.call.remote(method, args, kwargs)
-        except rex.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            if isinstance(cause, (PlmserveError, AttributeError)):
-                raise cause from None
-            raise
-        finally:
-            self._release(slug, i)
+        return await self.run_actor(slug, "call", method, args, kwargs)
 
     async def run_actor(self, slug: str, actor_method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the actor method ``actor_method`` (e.g. :meth:`plmserve.cluster.esm3_worker.Esm3Worker.generate`)
@@ -236,10 +233,7 @@ class ModelPool:
                     logger.debug("could not cancel a %s call on %s", actor_method, slug, exc_info=True)
             raise
         except rex.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            if isinstance(cause, (PlmserveError, AttributeError)):
-                raise cause from None
-            raise
+            _reraise_cause(exc)
         finally:
             self._release(slug, i)
 
@@ -253,10 +247,7 @@ class ModelPool:
         try:
             return _ray().get(self._actors[slug][i].call.remote(method, args, kwargs))
         except rex.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            if isinstance(cause, (PlmserveError, AttributeError)):
-                raise cause from None
-            raise
+            _reraise_cause(exc)
         finally:
             self._release(slug, i)
 
