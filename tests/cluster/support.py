@@ -240,3 +240,24 @@ class ApiProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def run_in_process(store, settings, job_type: str, args: dict, prerequisite: str | None,
+                   artifacts: dict | None = None, timeout: float = 600) -> str:
+    """Run one job with the default in-process executor (the reference the Ray runs are compared
+    with); asserts it succeeded and returns its id."""
+    from plmserve.jobs import poet as pj
+    from plmserve.jobs.executor import InProcessExecutor
+    from plmserve.jobs.store import SUCCESS
+    from plmserve.models.registry import ModelManager
+
+    job = store.create_job(job_type, "reference", args, prerequisite_job_id=prerequisite, artifacts=artifacts)
+    ex = InProcessExecutor(store, pj.handlers(), resources=pj.PoetResources(settings, ModelManager(settings)))
+    ex.start()
+    try:
+        ex.submit(job.job_id)
+        assert ex.wait_idle(timeout)
+    finally:
+        ex.stop()
+    assert store.get_job(job.job_id).status == SUCCESS, store.get_job(job.job_id)
+    return job.job_id

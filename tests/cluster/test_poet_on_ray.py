@@ -24,13 +24,11 @@ from sqlalchemy import func, select
 import plmserve.client as pc
 from plmserve.bio.msa import read_msa
 from plmserve.jobs import poet as pj
-from plmserve.jobs.executor import InProcessExecutor
 from plmserve.jobs.models import JobArtifact
 from plmserve.jobs.ray_executor import dispatcher_name
 from plmserve.jobs.store import RUNNING, SUCCESS, JobStore
-from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
-from tests.cluster.support import ApiProcess
+from tests.cluster.support import ApiProcess, run_in_process
 from tests.conftest import shared_path
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.slow]
@@ -101,16 +99,7 @@ def _results(store, job_id):
 
 def _in_process(store, settings, job_type, args, prerequisite):
     """The same job run by the default in-process executor, for the reference rows."""
-    job = store.create_job(job_type, "reference", args, prerequisite_job_id=prerequisite)
-    ex = InProcessExecutor(store, pj.handlers(), resources=pj.PoetResources(settings, ModelManager(settings)))
-    ex.start()
-    try:
-        ex.submit(job.job_id)
-        assert ex.wait_idle(600)
-    finally:
-        ex.stop()
-    assert store.get_job(job.job_id).status == SUCCESS
-    return _results(store, job.job_id)
+    return _results(store, run_in_process(store, settings, job_type, args, prerequisite))
 
 
 def _assert_same_rows(got, expected):

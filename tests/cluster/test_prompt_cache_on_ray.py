@@ -22,12 +22,11 @@ import pytest
 
 from plmserve.bio.msa import read_msa
 from plmserve.jobs import poet as pj
-from plmserve.jobs.executor import InProcessExecutor
 from plmserve.jobs.ray_executor import RayExecutor
 from plmserve.jobs.store import SUCCESS, JobStore
-from plmserve.models.registry import ModelManager
 from plmserve.settings import Settings
 from tests.cluster.handlers import hold_cpu
+from tests.cluster.support import run_in_process
 from tests.conftest import shared_path
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
@@ -55,16 +54,8 @@ def _run(store, ex, job_type, args, prompt_id, artifacts=None):
 
 
 def _in_process(store, settings, job_type, args, prompt_id, artifacts=None):
-    job = store.create_job(job_type, "reference", args, prerequisite_job_id=prompt_id, artifacts=artifacts)
-    ex = InProcessExecutor(store, pj.handlers(), resources=pj.PoetResources(settings, ModelManager(settings)))
-    ex.start()
-    try:
-        ex.submit(job.job_id)
-        assert ex.wait_idle(300)
-    finally:
-        ex.stop()
-    assert store.status_of(job.job_id) == SUCCESS
-    return json.loads(store.get_artifact(job.job_id, pj.ART_RESULT))
+    job_id = run_in_process(store, settings, job_type, args, prompt_id, artifacts, timeout=300)
+    return json.loads(store.get_artifact(job_id, pj.ART_RESULT))
 
 
 def test_second_job_on_another_node_reads_the_prompt_from_the_object_store(
