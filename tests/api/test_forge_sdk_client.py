@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from plmserve.api.app import create_app
 from plmserve.settings import Settings
+from tests.client.support import LiveServer, run_sdk_script
 from tests.models.esm3.test_generate_fixtures import RECORDS, load_fixture_model
 
 SDK_PYTHON = os.environ.get("PLMSERVE_ESM_SDK_PYTHON", "/tmp/esmvenv/bin/python")
@@ -97,30 +95,14 @@ def _sdk_available() -> bool:
     return probe.returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_official_forge_client_round_trip(tmp_path):
     if not _sdk_available():
         pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
-    import uvicorn
 
     app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
     app.state.models.put("esm3-open-2024-03", load_fixture_model())
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
+    with LiveServer(app) as server:
         names = ["a_sequence_cosine_8", "extra_d_structure_with_coords_from_c", "e_secondary_structure",
                  "extra_f_function_temp1", "extra_c_sequence_no_masks", "b_sequence_cosine_4"]
         reqs = tmp_path / "requests.json"
@@ -128,13 +110,7 @@ def test_official_forge_client_round_trip(tmp_path):
         script = tmp_path / "client.py"
         script.write_text(CLIENT_SCRIPT)
         env = dict(os.environ, DISABLE_ITERATIVE_SAMPLING_TQDM="1")
-        proc = subprocess.run([SDK_PYTHON, str(script), f"http://127.0.0.1:{port}", str(reqs)],
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        got = run_sdk_script(SDK_PYTHON, script, server.url, str(reqs), env=env)
     for name in names:
         record = RECORDS[name]
         if "error" in record:
@@ -201,34 +177,18 @@ def test_official_esmc_and_esmprotein_clients(tmp_path):
     if not _sdk_available():
         pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
     import numpy as np
-    import uvicorn
 
     from tests.models.esmc._fixture import HIDDEN_ATOL, close, engine, expected, inputs
 
     app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
     app.state.models.put("esm3-open-2024-03", load_fixture_model())
     app.state.models.put("esmc-300m", engine("official"))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     seqs = [inputs()["sequences"][0], inputs()["sequences"][4]]  # TEM-1 (286 residues); masks and X
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
+    with LiveServer(app) as server:
         script = tmp_path / "esmc_client.py"
         script.write_text(ESMC_SCRIPT)
         env = dict(os.environ, DISABLE_ITERATIVE_SAMPLING_TQDM="1")
-        proc = subprocess.run([SDK_PYTHON, str(script), f"http://127.0.0.1:{port}", json.dumps(seqs)],
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        got = run_sdk_script(SDK_PYTHON, script, server.url, json.dumps(seqs), env=env)
     exp = expected()
     for i, fx in enumerate((0, 4)):
         g = got[f"esmc_{i}"]
@@ -306,7 +266,6 @@ def test_official_forward_and_sample(tmp_path):
         pytest.skip(f"official esm SDK not installed at {SDK_PYTHON} (set PLMSERVE_ESM_SDK_PYTHON)")
     import numpy as np
     import torch
-    import uvicorn
 
     from tests.conftest import shared_path
 
@@ -315,25 +274,10 @@ def test_official_forward_and_sample(tmp_path):
     ref = np.load(fixtures / "expected_logits.npz")
     app = create_app(Settings(api_keys=["test-key"], data_dir=tmp_path))
     app.state.models.put("esm3-open-2024-03", load_fixture_model())
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
+    with LiveServer(app) as server:
         script = tmp_path / "forward_client.py"
         script.write_text(FORWARD_SCRIPT)
-        proc = subprocess.run([SDK_PYTHON, str(script), f"http://127.0.0.1:{port}", json.dumps(case)],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        got = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        got = run_sdk_script(SDK_PYTHON, script, server.url, json.dumps(case))
     seq = torch.tensor(case["sequence"])
     logits = torch.tensor(ref["b/sequence_logits"])
     logits[:, [0, 1, 2, 3, 31, 32] + list(range(33, 64))] = -torch.inf  # special and out-of-vocabulary ids

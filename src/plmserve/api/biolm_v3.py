@@ -55,6 +55,7 @@ from starlette.concurrency import run_in_threadpool
 
 from plmserve.api.auth import Principal, require_principal
 from plmserve.api.biolm import check_include, check_masks, check_total_residues
+from plmserve.api.openapi_schema import inlined_json_schema
 from plmserve.errors import InvalidInputError, InvalidParameterError, ModelNotFoundError
 from plmserve.models.registry import get_spec
 
@@ -118,20 +119,7 @@ REQUESTS: dict[str, type[BaseModel]] = {"encode": V3EncodeRequest, "predict": V3
 def request_schema(family: str, action: str, max_items: int) -> dict[str, Any]:
     """The JSON Schema of a v3 request (nested models inlined), with ``properties.items.maxItems``
     = ``max_items`` (the client's batch size) and the family's ``include`` values."""
-    schema = REQUESTS[action].model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.split("/")[-1]])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    schema = inline(schema)
+    schema = inlined_json_schema(REQUESTS[action])
     items = schema["properties"]["items"]
     items["minItems"], items["maxItems"] = 1, int(max_items)
     items["items"]["properties"]["sequence"]["maxLength"] = MAX_SEQUENCE_LEN if action != "predict" else None

@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plmserve.api.auth import Principal, require_principal
+from plmserve.api.openapi_schema import inlined_json_schema
 from plmserve.errors import InvalidInputError, InvalidParameterError
 from plmserve.models.esm3.engine import GenerationEngine
 from plmserve.models.esm3.sampler import GenerationConfig, ProteinTokens
@@ -110,20 +111,8 @@ class LogitsRequest(BaseModel):
 
 def _schema(model: type[BaseModel]) -> dict:
     """OpenAPI request body of ``model`` with nested models inlined (no dangling ``$defs``)."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.split("/")[-1]])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inlined_json_schema(model)}}}}
 
 
 async def _parse_body(request: Request, model: type[BaseModel]) -> Any:
